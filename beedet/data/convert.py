@@ -1,0 +1,81 @@
+"""Convert labelled data between Ground Truth manifests, COCO JSON and YOLO txt.
+
+    python -m beedet.data.convert train.manifest train_coco.json --to coco
+    python -m beedet.data.convert train_coco.json yolo_train/ --to yolo
+    python -m beedet.data.convert yolo_train/ train.manifest --to manifest \\
+        --out-s3-prefix s3://my-bucket/bees/ --out-image-root yolo_train/
+
+Records are checked against their images first (as ``beedet.data.inspect`` does), so only
+usable records are written; every problem is printed. The ``--out-*`` options shape the output;
+the reading options (``--s3-prefix``, ``--local-root``, ...) describe the input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from beedet.data.checks import check_records
+from beedet.data.coco import write_coco
+from beedet.data.manifest import write_manifest
+from beedet.data.records import DataError, LabelSet
+from beedet.data.report import DataReport
+from beedet.data.sources import add_source_arguments, source_from_args
+from beedet.data.yolo import write_yolo
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m beedet.data.convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("src", help="a .manifest/.jsonl file, a COCO .json file or a YOLO split folder")
+    parser.add_argument("dst", type=Path, help="output: a manifest or COCO file, or a YOLO folder")
+    parser.add_argument("--to", required=True, choices=("manifest", "coco", "yolo"), help="output format")
+    add_source_arguments(parser)
+    out = parser.add_argument_group("writing")
+    out.add_argument("--out-s3-prefix", help="manifest: write source-ref as this prefix + the image path "
+                                             "relative to --out-image-root (default: paths relative to the manifest)")
+    out.add_argument("--out-image-root", type=Path,
+                     help="manifest/coco: folder image paths are written relative to "
+                          "(default: the output file's folder)")
+    out.add_argument("--out-label-attribute", default="bee-boxes", help="manifest: label attribute to write")
+    out.add_argument("--job-name", default="beedet", help="manifest: labeling job name to write")
+    out.add_argument("--image-mode", choices=("symlink", "copy"), default="symlink", help="yolo: how images are placed")
+    parser.add_argument("--no-verify", action="store_true",
+                        help="read image headers only instead of decoding every image")
+    parser.add_argument("--strict", action="store_true", help="write nothing and exit 1 if there is any problem")
+    args = parser.parse_args(argv)
+
+    try:
+        source = source_from_args(args, args.src)
+        label_set = check_records(source.read(), verify_images=not args.no_verify)
+    except (DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if label_set.problems:
+        print(DataReport.from_label_set(label_set, name=source.name))
+        if args.strict:
+            print(f"strict: {len(label_set.problems)} data problem(s); nothing written", file=sys.stderr)
+            return 1
+    try:
+        _write(label_set, args)
+    except (DataError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    boxes = sum(r.num_boxes for r in label_set.records)
+    print(f"wrote {len(label_set.records)} images, {boxes} boxes, {len(label_set.class_names)} classes "
+          f"as {args.to} to {args.dst}")
+    return 0
+
+
+def _write(label_set: LabelSet, args: argparse.Namespace) -> None:
+    if args.to == "manifest":
+        write_manifest(label_set, args.dst, label_attribute=args.out_label_attribute, job_name=args.job_name,
+                       s3_prefix=args.out_s3_prefix, image_root=args.out_image_root)
+    elif args.to == "coco":
+        write_coco(label_set, args.dst, image_root=args.out_image_root)
+    else:
+        write_yolo(label_set, args.dst, image_mode=args.image_mode)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

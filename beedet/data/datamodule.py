@@ -1,0 +1,160 @@
+"""The Lightning data module: label sources -> checks -> subset and split -> datasets -> loaders.
+
+Labels are read and checked once, in ``load_labels()``, before the network is built: the class
+map decides the size of the classification head, and bad records must be reported (or, in strict
+mode, stop the run) before any training time is spent.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import albumentations as A
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
+
+from beedet.data.checks import check_records
+from beedet.data.dataset import DetectionDataset, collate_detection
+from beedet.data.records import DataError, ImageRecord, LabelSet
+from beedet.data.report import DataReport
+from beedet.data.splits import subset, train_val_split
+
+log = logging.getLogger(__name__)
+
+
+class LabelSource(Protocol):
+    """Anything that reads labelled images: see ``beedet.data.sources``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def read(self) -> LabelSet: ...
+
+
+class BeeDataModule(pl.LightningDataModule):
+    """Training and validation data for a bee detector.
+
+    Args:
+        train: where the training labels come from.
+        val: where the validation labels come from; ``None`` splits ``val_fraction`` off ``train``.
+        train_transform: the albumentations pipeline applied on the fly to each training sample.
+            Validation images get no transform: the network resizes them and returns boxes in
+            the stored image's pixels, so metrics are in the user's own coordinates.
+        root: the dataset folder (for reports; sources carry their own paths).
+        subset_fraction: keep only this random fraction of the training images (seeded).
+        val_fraction: the share of images split off for validation when ``val`` is None.
+        seed: seeds the subset and the split (independent of the training seed).
+        strict: stop on any bad record instead of skipping and counting it.
+        verify_images: decode every image once up front so corrupt files are reported early.
+    """
+
+    def __init__(
+        self,
+        train: LabelSource,
+        val: LabelSource | None = None,
+        train_transform: A.Compose | None = None,
+        root: str | None = None,
+        subset_fraction: float = 1.0,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        strict: bool = False,
+        verify_images: bool = True,
+        batch_size: int = 16,
+        num_workers: int = 2,
+    ) -> None:
+        super().__init__()
+        if not 0.0 < subset_fraction <= 1.0:
+            raise ValueError(f"data.subset_fraction must be in (0, 1], got {subset_fraction}")
+        self.train_source = train
+        self.val_source = val
+        self.train_transform = train_transform
+        self.root = root
+        self.subset_fraction = subset_fraction
+        self.val_fraction = val_fraction
+        self.seed = seed
+        self.strict = strict
+        self.verify_images = verify_images
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+
+        self.class_names: list[str] = []
+        self.train_records: list[ImageRecord] = []
+        self.val_records: list[ImageRecord] = []
+        self.reports: dict[str, DataReport] = {}
+
+    # ---- labels -------------------------------------------------------------------------------
+    def load_labels(self) -> None:
+        """Read, check, subset and split the labels. Idempotent; call before building the network."""
+        if self.class_names:
+            return
+        train_set = self._read_checked(self.train_source)
+        if self.val_source is not None:
+            val_set = self._read_checked(self.val_source)
+            if val_set.class_names != train_set.class_names:
+                # A class map that differs between splits would silently relabel classes.
+                raise DataError(
+                    f"class names differ between train ({self.train_source.name}: {train_set.class_names}) "
+                    f"and val ({self.val_source.name}: {val_set.class_names})"
+                )
+            train_records, val_records = train_set.records, val_set.records
+            val_problems = val_set.problems
+        else:
+            train_records, val_records = train_val_split(train_set.records, self.val_fraction, self.seed)
+            val_problems = []
+
+        if self.subset_fraction < 1.0:
+            kept = subset(train_records, self.subset_fraction, self.seed)
+            log.info("data.subset_fraction=%s keeps %d of %d training images", self.subset_fraction, len(kept), len(train_records))
+            train_records = kept
+        if not train_records:
+            raise DataError(f"no usable training images in {self.train_source.name}")
+        if not val_records:
+            raise DataError(f"no usable validation images (train: {self.train_source.name})")
+
+        self.class_names = list(train_set.class_names)
+        self.train_records, self.val_records = train_records, val_records
+        self.reports = {
+            "train": DataReport.from_label_set(LabelSet(train_records, self.class_names, train_set.problems), name="train"),
+            "val": DataReport.from_label_set(LabelSet(val_records, self.class_names, val_problems), name="val"),
+        }
+
+    def _read_checked(self, source: LabelSource) -> LabelSet:
+        label_set = check_records(source.read(), verify_images=self.verify_images)
+        for problem in label_set.problems:
+            log.warning("%s", problem)
+        label_set.raise_if_strict(self.strict)
+        return label_set
+
+    @property
+    def num_classes(self) -> int:
+        self.load_labels()
+        return len(self.class_names)
+
+    # ---- Lightning hooks ----------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        self.load_labels()
+        self.train_dataset = DetectionDataset(self.train_records, self.train_transform)
+        self.val_dataset = DetectionDataset(self.val_records, None)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            collate_fn=collate_detection,
+            # Workers outlive the epoch: respawning them costs seconds per epoch on small data.
+            persistent_workers=self.num_workers > 0,
+            drop_last=len(self.train_dataset) > self.batch_size,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.val_dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            collate_fn=collate_detection,
+            persistent_workers=self.num_workers > 0,
+        )

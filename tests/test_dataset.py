@@ -1,0 +1,145 @@
+"""DetectionDataset: the sample contract, batching in worker processes, and fresh augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from beedet.assembly import build_augment
+from beedet.augment import build_pipeline
+from beedet.data.dataset import DetectionDataset, collate_detection
+from beedet.data.records import DataError, ImageRecord
+from conftest import compose_config
+
+
+def _write_image(path: Path, height: int, width: int, seed: int) -> np.ndarray:
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path)  # PNG: lossless, so pixels can be compared exactly
+    return pixels
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> list[ImageRecord]:
+    """A 120x200 image with three boxes and an empty 90x64 image."""
+    _write_image(tmp_path / "bees.png", 120, 200, seed=0)
+    _write_image(tmp_path / "empty.png", 90, 64, seed=1)
+    boxes = np.array([[0, 0, 30, 20], [150.5, 80.25, 200, 120], [60, 40, 90, 70]], np.float32)
+    return [
+        ImageRecord(tmp_path / "bees.png", 200, 120, boxes, np.array([0, 3, 2])),
+        ImageRecord(tmp_path / "empty.png", 64, 90),
+    ]
+
+
+def _check_sample(
+    image: torch.Tensor, target: dict, index: int, height: int, width: int, stored: tuple[int, int]
+) -> None:
+    assert image.dtype == torch.float32 and image.shape == (3, height, width) and image.is_contiguous()
+    assert 0.0 <= image.min() and image.max() <= 1.0
+    boxes, labels = target["boxes"], target["labels"]
+    assert boxes.dtype == torch.float32 and boxes.ndim == 2 and boxes.shape[1] == 4
+    assert labels.dtype == torch.int64 and labels.shape == (len(boxes),)
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert target["image_id"].dtype == torch.int64 and target["image_id"].shape == () and target["image_id"] == index
+    assert target["orig_size"].dtype == torch.int64 and target["orig_size"].tolist() == list(stored)
+
+
+def test_sample_without_transform_is_the_stored_image(records: list[ImageRecord], tmp_path: Path) -> None:
+    dataset = DetectionDataset(records)
+    assert len(dataset) == 2
+    image, target = dataset[0]
+    _check_sample(image, target, 0, 120, 200, (120, 200))
+    pixels = np.array(Image.open(tmp_path / "bees.png"))
+    assert torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1).float() / 255)
+    assert torch.equal(target["boxes"], torch.from_numpy(records[0].boxes))
+    assert target["labels"].tolist() == [0, 3, 2]
+
+
+def test_empty_image_gives_empty_typed_targets(records: list[ImageRecord]) -> None:
+    image, target = DetectionDataset(records)[1]
+    _check_sample(image, target, 1, 90, 64, (90, 64))
+    assert target["boxes"].shape == (0, 4) and target["labels"].shape == (0,)
+
+
+def test_augmented_samples_keep_the_contract(records: list[ImageRecord]) -> None:
+    cfg = compose_config(["augment=heavy"])
+    size = int(cfg.model.image_size)
+    dataset = DetectionDataset(records, build_augment(cfg.augment))
+    for _ in range(20):
+        for index, stored in ((0, (120, 200)), (1, (90, 64))):
+            image, target = dataset[index]
+            _check_sample(image, target, index, size, size, stored)
+            assert set(target["labels"].tolist()) <= {0, 2, 3}
+
+
+def test_labels_for_another_size_are_refused(records: list[ImageRecord]) -> None:
+    wrong = records[0].replace(width=400, height=240, source="train.manifest:7")
+    with pytest.raises(DataError, match=r"train.manifest:7.*200x120.*400x240"):
+        DetectionDataset([wrong])[0]
+
+
+def _random_crop_pipeline() -> A.Compose:
+    """Always-random geometry and colour, so two draws practically never coincide."""
+    return build_pipeline(
+        [A.Resize(64, 64), A.RandomResizedCrop(size=(64, 64), scale=(0.3, 1.0), p=1.0), A.ColorJitter(p=1.0)]
+    )
+
+
+def test_dataloader_workers_collate_and_augment_afresh_every_epoch(tmp_path: Path, records: list[ImageRecord]) -> None:
+    # Four samples of the very same image: any difference between them is augmentation.
+    same = [records[0]] * 4
+    loader = DataLoader(
+        DetectionDataset(same, _random_crop_pipeline()),
+        batch_size=2,
+        num_workers=2,
+        collate_fn=collate_detection,
+        generator=torch.Generator().manual_seed(0),
+    )
+    epochs = []
+    for _ in range(2):
+        samples = []
+        for images, targets in loader:
+            assert isinstance(images, list) and isinstance(targets, list) and len(images) == len(targets) == 2
+            for image, target in zip(images, targets):
+                _check_sample(image, target, int(target["image_id"]), 64, 64, (120, 200))
+                samples.append(image)
+        assert [int(t["image_id"]) for t in targets] == [2, 3]  # batches keep their order
+        epochs.append(samples)
+    first, second = epochs
+    # Within an epoch, the two workers (and successive samples of one worker) draw differently...
+    assert all(not torch.equal(first[i], first[j]) for i in range(4) for j in range(i + 1, 4))
+    # ... and the next epoch's freshly started workers do not replay the previous epoch's draws.
+    assert all(not torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_transforms_draw_independently_after_reseeding(records: list[ImageRecord]) -> None:
+    """Both flips fire independently: all four combinations occur, in workers and in-process.
+
+    (Seeding each transform with the same seed would make them fire together: only two occur.)"""
+    corner = records[0].replace(boxes=np.array([[0, 0, 30, 20]], np.float32), labels=np.array([1]))
+    dataset = DetectionDataset([corner] * 40, build_pipeline([A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5)]))
+    for num_workers in (2, 0):
+        loader = DataLoader(
+            dataset, batch_size=10, num_workers=num_workers, collate_fn=collate_detection,
+            generator=torch.Generator().manual_seed(1),
+        )
+        flips = set()
+        for _, targets in loader:
+            for target in targets:
+                x1, y1 = target["boxes"][0, :2].tolist()
+                flips.add((x1 > 0, y1 > 0))  # (flipped left-right, flipped up-down)
+        assert flips == {(False, False), (True, False), (False, True), (True, True)}, (num_workers, flips)
+
+
+def test_collate_keeps_images_of_different_sizes(records: list[ImageRecord]) -> None:
+    dataset = DetectionDataset(records)
+    images, targets = collate_detection([dataset[0], dataset[1]])
+    assert [tuple(i.shape) for i in images] == [(3, 120, 200), (3, 90, 64)]
+    assert [t["boxes"].shape[0] for t in targets] == [3, 0]
