@@ -1,0 +1,222 @@
+"""Feature extractors for SSD: a convolutional trunk that yields the first (largest) feature map at
+stride 8, then extra blocks (or, in the slim network, residual stages) that halve the map down to 1x1.
+
+Contract with ``torchvision.models.detection.ssd.SSD``: ``SSDFeatureExtractor(images)`` takes a
+float batch (B, 3, S, S), already normalised by the SSD's transform, and returns an
+``OrderedDict[str, Tensor]`` of feature maps ``"0", "1", ...``, largest first, where map ``k`` is
+(B, ``out_channels[k]``, ``sizes[k]``, ``sizes[k]``) with ``sizes = feature_map_sizes(S)``.
+
+Why stride 8: bees are small at the network's input size (synthetic bee boxes are 6-21 px at
+256 px; real 1920x1080 frames squashed to 300 px leave bees 3-15 px wide). A stride-8 first map
+places an anchor every 8 px; a stride-16 map (what an unmodified ResNet gives at conv4_x) leaves
+most small, crowded bees without a well-centred anchor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch.nn as nn
+from torch import Tensor
+from torchvision.models import (
+    ResNet18_Weights,
+    ResNet34_Weights,
+    ResNet50_Weights,
+    resnet18,
+    resnet34,
+    resnet50,
+)
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+# The trunk (resnet or slim) downsamples by this factor before the first feature map.
+TRUNK_STRIDE = 8
+
+# ResNet depth -> (constructor, ImageNet weights, channels of conv4_x = ``layer3``).
+# IMAGENET1K_V1 is the classic torchvision recipe that NVIDIA's SSD300 v1.1 also starts from.
+RESNETS = {
+    18: (resnet18, ResNet18_Weights.IMAGENET1K_V1, 256),
+    34: (resnet34, ResNet34_Weights.IMAGENET1K_V1, 256),
+    50: (resnet50, ResNet50_Weights.IMAGENET1K_V1, 1024),
+}
+
+
+class SSDFeatureExtractor(nn.Module):
+    """``trunk`` gives the first feature map; each block of ``extras`` turns the previous map into
+    the next, smaller one. See the module docstring for the output contract."""
+
+    def __init__(self, trunk: nn.Module, extras: nn.ModuleList, out_channels: list[int]) -> None:
+        super().__init__()
+        if len(out_channels) != len(extras) + 1:
+            raise ValueError(f"{len(out_channels)} out_channels for 1 trunk map + {len(extras)} extra blocks")
+        self.trunk = trunk
+        self.extras = extras
+        # torchvision's SSD reads this attribute to size its head.
+        self.out_channels = list(out_channels)
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        x = self.trunk(images)
+        maps = [x]
+        for block in self.extras:
+            x = block(x)
+            maps.append(x)
+        return OrderedDict((str(i), m) for i, m in enumerate(maps))
+
+
+def feature_map_sizes(image_size: int) -> list[int]:
+    """Side of every feature map for a square input of ``image_size`` px, largest first.
+
+    The trunk gives ceil(S / 8); each extra block then roughly halves the side down to 1
+    (300 px -> 38, 19, 10, 5, 3, 1 as in SSD300; 512 px -> 64, 32, 16, 8, 4, 2, 1 as in SSD512;
+    256 px -> 32, 16, 8, 4, 2, 1).
+    """
+    return _sides_down_to_one(math.ceil(image_size / TRUNK_STRIDE))
+
+
+def _sides_down_to_one(first_size: int) -> list[int]:
+    sizes = [first_size]
+    while sizes[-1] > 1:
+        sizes.append(_extra_block_output_size(sizes[-1]))
+    return sizes
+
+
+def _extra_block_output_size(size: int) -> int:
+    # A 3x3 map becomes 1x1 with an unpadded 3x3 conv (SSD300's last block); every other map goes
+    # through a padded stride-2 3x3 conv: ceil(size / 2).
+    return 1 if size == 3 else (size + 1) // 2
+
+
+def extra_block(in_channels: int, out_channels: int, in_size: int) -> nn.Sequential:
+    """One SSD extra block: 1x1 conv to ``out_channels // 2``, then a 3x3 conv that shrinks the map
+    (stride 2 and padding 1, or unpadded for a 3x3 input), each followed by BatchNorm and ReLU,
+    as in NVIDIA's SSD300 v1.1."""
+    mid = out_channels // 2
+    shrink = (
+        nn.Conv2d(mid, out_channels, kernel_size=3, bias=False)
+        if in_size == 3
+        else nn.Conv2d(mid, out_channels, kernel_size=3, stride=2, padding=1, bias=False)
+    )
+    return nn.Sequential(
+        nn.Conv2d(in_channels, mid, kernel_size=1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        shrink,
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def extra_blocks(in_channels: int, first_size: int, extra_channels: list[int]) -> nn.ModuleList:
+    """The extra blocks after a trunk whose map is ``first_size`` px wide, down to 1x1.
+
+    ``extra_channels[i]`` is the output width of block ``i``; there must be one per extra map.
+    """
+    sizes = _sides_down_to_one(first_size)
+    if len(extra_channels) != len(sizes) - 1:
+        raise ValueError(
+            f"extra_channels has {len(extra_channels)} entries, but a {first_size}x{first_size} first map "
+            f"needs {len(sizes) - 1} extra blocks to reach 1x1 (map sides {sizes})"
+        )
+    blocks = nn.ModuleList()
+    channels = [in_channels, *extra_channels]
+    for i, size in enumerate(sizes[:-1]):
+        blocks.append(extra_block(channels[i], channels[i + 1], size))
+    return blocks
+
+
+def default_extra_channels(num_blocks: int, wide: int, narrow: int) -> list[int]:
+    """The first two extra blocks ``wide``, the rest ``narrow`` (SSD300's 512, 512, 256, 256, 256)."""
+    return [wide if i < 2 else narrow for i in range(num_blocks)]
+
+
+def resnet_trunk(depth: int, pretrained: bool) -> tuple[nn.Sequential, int]:
+    """A torchvision ResNet through conv4_x (``layer3``) with that stage's stride set to 1, so its
+    output is at stride 8 (38x38 at 300 px). Returns the trunk and its output channels.
+
+    With ``pretrained`` the ImageNet weights (``RESNETS[depth][1]``) are loaded through
+    torchvision's weights API, i.e. from the torch hub cache (``$TORCH_HOME/hub/checkpoints``),
+    downloading them there first when a network is available. The layer names (``conv1``, ``bn1``,
+    ``layer1``...) are the ResNet's, so the trunk's state dict keys match the ImageNet checkpoint.
+    BatchNorm layers stay ordinary, trainable ``BatchNorm2d`` (as in NVIDIA's SSD300): fine at the
+    batch sizes beedet trains with (16+); with very small batches consider freezing them.
+    """
+    if depth not in RESNETS:
+        raise ValueError(f"ResNet depth must be one of {sorted(RESNETS)}, got {depth}")
+    constructor, weights, channels = RESNETS[depth]
+    resnet = constructor(weights=None)
+    if pretrained:
+        # get_state_dict reads the hub cache first and only downloads when the file is missing.
+        resnet.load_state_dict(weights.get_state_dict(progress=True))
+    _remove_stride(resnet.layer3[0])
+    trunk = nn.Sequential(
+        OrderedDict(
+            conv1=resnet.conv1,
+            bn1=resnet.bn1,
+            relu=resnet.relu,
+            maxpool=resnet.maxpool,
+            layer1=resnet.layer1,
+            layer2=resnet.layer2,
+            layer3=resnet.layer3,
+        )
+    )
+    return trunk, channels
+
+
+def _remove_stride(block: BasicBlock | Bottleneck) -> None:
+    # BasicBlock strides in conv1, torchvision's Bottleneck (ResNet v1.5) in conv2; the shortcut
+    # strides in downsample[0]. Setting all three to 1 keeps the pretrained weights valid.
+    block.conv1.stride = (1, 1)
+    block.conv2.stride = (1, 1)
+    if block.downsample is not None:
+        block.downsample[0].stride = (1, 1)
+
+
+def slim_resnet(widths: Sequence[int], blocks: Sequence[int]) -> tuple[nn.Sequential, nn.ModuleList, list[int]]:
+    """A small ResNet-style network of torchvision ``BasicBlock``s for training from scratch on a CPU.
+
+    ``widths[0]`` is the stem (3x3 conv, stride 2); ``widths[1:]`` are stages of ``blocks[i]``
+    blocks, each starting with a stride-2 block. The stem and the first two stages form the trunk,
+    whose output is the stride-8 first feature map; every later stage gives one more feature map
+    (stride 16, 32, ...). Returns ``(trunk, later_stages, channels of each map)``: the later stages
+    take the place of the first extra blocks.
+
+    Width goes where maps are small: at 256 px a 32-to-32-channel 3x3 conv costs 38 M multiply-adds
+    on the 64x64 stride-4 map, 9 M on the 32x32 stride-8 one.
+    """
+    if len(widths) < 3 or len(blocks) != len(widths) - 1 or min(blocks) < 1:
+        raise ValueError(
+            f"widths must be (stem, stage1, stage2, ...) with at least two stages and blocks one count "
+            f"(>= 1) per stage; got widths={tuple(widths)}, blocks={tuple(blocks)}"
+        )
+    stem = OrderedDict(
+        conv1=nn.Conv2d(3, widths[0], kernel_size=3, stride=2, padding=1, bias=False),
+        bn1=nn.BatchNorm2d(widths[0]),
+        relu=nn.ReLU(inplace=True),
+    )
+    stages = [_basic_stage(i, o, n, stride=2) for i, o, n in zip(widths[:-1], widths[1:], blocks)]
+    trunk = nn.Sequential(OrderedDict(**stem, layer1=stages[0], layer2=stages[1]))
+    later = nn.ModuleList(stages[2:])
+    _init_like_torchvision_resnet(trunk)
+    _init_like_torchvision_resnet(later)
+    return trunk, later, list(widths[2:])
+
+
+def _basic_stage(in_channels: int, out_channels: int, count: int, stride: int) -> nn.Sequential:
+    downsample = None
+    if stride != 1 or in_channels != out_channels:
+        downsample = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=stride, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+    first = BasicBlock(in_channels, out_channels, stride=stride, downsample=downsample)
+    return nn.Sequential(first, *(BasicBlock(out_channels, out_channels) for _ in range(count - 1)))
+
+
+def _init_like_torchvision_resnet(module: nn.Module) -> None:
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
