@@ -1,0 +1,102 @@
+"""Detect bees in a folder of images with a trained checkpoint.
+
+    python -m beedet.predict ckpt=PATH images=DIR [draw=true] [score_threshold=0.3]
+
+For each image it writes ``detections/<relative path>.json``:
+``{"image", "width", "height", "detections": [{"box": [x1, y1, x2, y2], "label", "class", "score"}],
+"counts": {class: n}}`` with boxes in the image's own pixels (after EXIF orientation), and with
+``draw=true`` the image with its detections drawn under ``drawn/``. An unreadable image is reported
+and counted, and the others are still processed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from beedet.assembly import load_system
+from beedet.data.images import ImageError, load_image
+from beedet.visualize import draw_boxes, save_image
+
+log = logging.getLogger("beedet.predict")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def find_images(path: Path) -> list[Path]:
+    """The image files at ``path`` (a file, or a folder searched recursively), sorted."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FileNotFoundError(f"no such image file or folder: {path}")
+    return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def detections_json(image_path: Path, size: tuple[int, int], prediction: dict[str, torch.Tensor], class_names: Sequence[str], score_threshold: float) -> dict:
+    """One image's detections above the threshold, as written to disk (0-based class ids)."""
+    keep = prediction["scores"] >= score_threshold
+    boxes = prediction["boxes"][keep].cpu().tolist()
+    labels = prediction["labels"][keep].cpu().tolist()
+    scores = prediction["scores"][keep].cpu().tolist()
+    detections = [
+        {"box": [round(v, 2) for v in box], "label": int(label), "class": class_names[label], "score": round(score, 4)}
+        for box, label, score in zip(boxes, labels, scores)
+    ]
+    counts = {name: 0 for name in class_names}
+    for det in detections:
+        counts[det["class"]] += 1
+    return {"image": str(image_path), "width": size[0], "height": size[1], "detections": detections, "counts": counts}
+
+
+def _batches(paths: Sequence[Path], batch_size: int) -> Iterator[list[tuple[Path, np.ndarray]]]:
+    batch: list[tuple[Path, np.ndarray]] = []
+    for path in paths:
+        try:
+            batch.append((path, load_image(path)))
+        except ImageError as err:
+            log.warning("skipped: %s", err)
+            continue
+        if len(batch) == batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+@hydra.main(config_path="../conf", config_name="predict", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    device = torch.device("cuda" if cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
+    system, _ = load_system(cfg.ckpt)
+    system.to(device)
+    root = Path(cfg.images)
+    paths = find_images(root)
+    written = 0
+    for batch in _batches(paths, cfg.batch_size):
+        tensors = [torch.from_numpy(img).permute(2, 0, 1).float().div(255) for _, img in batch]
+        for (path, img), tensor, prediction in zip(batch, tensors, system.detect(tensors)):
+            rel = path.relative_to(root) if root.is_dir() else Path(path.name)
+            record = detections_json(path, (img.shape[1], img.shape[0]), prediction, system.class_names, cfg.score_threshold)
+            out = run_dir / "detections" / rel.with_suffix(".json")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(record, indent=1))
+            if cfg.draw:
+                keep = prediction["scores"] >= cfg.score_threshold
+                drawn = draw_boxes(tensor, prediction["boxes"][keep].cpu(), prediction["labels"][keep].cpu(), system.class_names, prediction["scores"][keep].cpu())
+                save_image(drawn, run_dir / "drawn" / rel.with_suffix(".jpg"))
+            written += 1
+    skipped = len(paths) - written
+    log.info("wrote detections for %d image(s); %d unreadable image(s) skipped", written, skipped)
+    print(f"run dir: {run_dir}")
+
+
+if __name__ == "__main__":
+    main()

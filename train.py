@@ -1,0 +1,64 @@
+"""Train a bee detector.
+
+    python train.py                                   # synthetic bees, no network needed
+    python train.py +experiment=honeybee_ssd300_resnet50 trainer=gpu
+    python train.py -m optimizer.lr=0.01,0.02,0.05    # a Hydra sweep
+    python train.py run_dir=outputs/synthetic/<stamp> ckpt_path=last   # resume a killed run
+
+Everything configurable lives in conf/; everything that does work lives in beedet/. The run
+directory (checkpoints/, tensorboard/, metrics.json, data_report.md) is printed on the last line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from beedet.assembly import build_datamodule, build_network, build_system, build_trainer
+from beedet.reporting import final_metrics, hparams_for_logging
+
+log = logging.getLogger("beedet.train")
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    # workers=True also seeds each DataLoader worker, so augmentation is reproducible per seed.
+    pl.seed_everything(cfg.seed, workers=True)
+
+    # Labels first: the class map sizes the network's head, and bad records must be reported
+    # (or stop a strict run) before any training time is spent.
+    datamodule = build_datamodule(cfg.data, cfg.augment)
+    datamodule.load_labels()
+    for split, report in datamodule.reports.items():
+        log.info("%s data:\n%s", split, report)
+    (run_dir / "data_report.md").write_text("\n\n".join(r.to_markdown() for r in datamodule.reports.values()))
+
+    net = build_network(cfg.model, num_classes=datamodule.num_classes)
+    system = build_system(cfg, net, datamodule.class_names)
+    trainer = build_trainer(cfg)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+
+    # Report the best checkpoint, not the last epoch: that is the file a user deploys, and
+    # evaluate.py on it must reproduce these numbers.
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.validate(system, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    metrics = final_metrics(system.last_metrics, checkpoint=best)
+    if trainer.is_global_zero:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        if trainer.logger is not None:
+            trainer.logger.log_hyperparams(hparams_for_logging(cfg, HydraConfig.get().runtime.choices), {f"hp/{k}": metrics[k] for k in ("mAP", "AP50", "AP75")})
+            trainer.logger.finalize("success")
+        log.info("val mAP %.4f  AP50 %.4f  AP75 %.4f", metrics["mAP"], metrics["AP50"], metrics["AP75"])
+        print(f"run dir: {run_dir}")
+    return float(metrics["mAP"])
+
+
+if __name__ == "__main__":
+    main()
