@@ -2,7 +2,7 @@
 
     python train.py                                   # synthetic bees, no network needed
     python train.py +experiment=honeybee_ssd300_resnet50 trainer=gpu
-    python train.py -m optimizer.lr=0.01,0.02,0.05    # a Hydra sweep
+    python train.py -m optimizer.lr=0.001,0.003,0.01   # a Hydra sweep
     python train.py run_dir=outputs/synthetic/<stamp> ckpt_path=last   # resume a killed run
 
 Everything configurable lives in conf/; everything that does work lives in beedet/. The run

@@ -81,3 +81,10 @@ TINY_SYNTHETIC = [
     "trainer.log_every_n_steps=1",
     "callbacks.prediction_overlays.every_n_epochs=1",
 ]
+
+
+def overriding(base: list[str], *extra: str) -> list[str]:
+    """``base`` overrides with ``extra`` ones replacing any for the same key (Hydra keeps only the
+    first of two overrides of one key), and extra deletions (``~group``) dropping its keys."""
+    keys = {e.split("=", 1)[0].lstrip("~+") for e in extra}
+    return [b for b in base if not any(b.split("=", 1)[0] == k or b.startswith(k + ".") for k in keys)] + list(extra)

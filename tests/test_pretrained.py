@@ -94,3 +94,24 @@ def test_ssdlite_backbone_gets_imagenet_weights_from_hub_cache(offline_hub: Path
     for key, value in features.items():
         assert any(t.shape == value.shape and torch.equal(t, value) for t in loaded), f"{key} not loaded"
     assert len(loaded) == len(features)
+
+
+def test_offline_without_cached_weights_warns_and_trains_from_scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """No network and nothing cached: a loud warning that names the file and the cache folder, then
+    a usable network from random weights (what an air-gapped machine can still do)."""
+    import urllib.error
+
+    def unreachable(*args, **kwargs):
+        raise urllib.error.URLError("no route to host")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
+    previous = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path))
+    try:
+        with caplog.at_level("WARNING", logger="beedet.models.backbones"):
+            model = ssd.ssd_resnet(4, depth=18, pretrained_backbone=True)
+    finally:
+        torch.hub.set_dir(previous)
+    message = caplog.text
+    assert "RANDOM weights" in message and Path(ResNet18_Weights.IMAGENET1K_V1.url).name in message and str(tmp_path) in message
+    assert isinstance(model, nn.Module)

@@ -63,7 +63,7 @@ def test_boxes_are_inside_the_images_and_bee_sized(train_set) -> None:
         assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
     boxes = np.concatenate([r.boxes for r in train_set.records])
     longest = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-    assert 5 <= np.median(longest) <= 25 and longest.max() <= 31
+    assert 10 <= np.median(longest) <= 30 and longest.max() <= 45
 
 
 def test_no_two_bees_overlap_much(train_set) -> None:

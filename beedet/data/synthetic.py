@@ -8,11 +8,13 @@ Design (sizes are for ``image_size=256`` and scale with ``image_size / 256``):
 
 * **Bees** are drawn analytically (anti-aliased ellipses evaluated on a small pixel patch with
   numpy) at a random orientation: a striped abdomen, a hairy thorax, a dark head, six thin legs,
-  a soft shadow and two translucent wings lying over the abdomen. Body length is about 10-30 px.
+  a soft shadow and two translucent wings lying over the abdomen. Body length is about 14-44 px
+  (boxes about 10-35 px a side, median about 17): small, like a real bee in a tile of a
+  1920x1080 hive-entrance frame squashed 2.5x, yet with class cues a CNN can see.
 * **Classes** ``bee, drone, pollenbee, queen`` (ids 0..3, as in the real honeybee data) differ
   by cues a small CNN can see at that size: a *pollenbee* is a worker with two bright orange or
   yellow pollen loads beside its waist; a *drone* is 1.25x longer, much wider and rounder,
-  darker, with big dark eyes; a *queen* is 1.4x longer with a slim, long, orange-brown abdomen
+  darker, with big dark eyes; a *queen* is 1.5x longer with a slim, long, orange abdomen
   with few, faint stripes. Object shares are about 70 / 10 / 15 / 5 % (bee / drone / pollenbee /
   queen), imbalanced like a real hive entrance yet with enough rare objects to learn from.
 * **Crowds**: about 8 % of images are empty (they teach what background looks like), most hold
@@ -65,7 +67,7 @@ CLASS_NAMES: tuple[str, ...] = ("bee", "drone", "pollenbee", "queen")
 CLASS_PROBS = np.array([0.70, 0.10, 0.15, 0.05])
 LABEL_ATTRIBUTE = "bee-boxes"
 # Bump when the drawing changes, so cached datasets from an older generator are redrawn.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 3
 JPEG_QUALITY = 90
 MIN_VISIBLE_FRACTION = 0.4
 MAX_PAIR_IOU = 0.3
@@ -254,15 +256,15 @@ _LOOKS: tuple[_Look, ...] = (
     ),
     # pollenbee: a worker with a pollen load on each hind leg, beside the waist
     dataclasses.replace(_WORKER, pollen=(0.0, 0.235, 0.095, 0.095)),
-    _Look(  # queen: long slim orange-brown abdomen with faint stripes, short wings
-        length=1.4,
+    _Look(  # queen: long slim orange abdomen with faint stripes, short wings
+        length=1.5,
         head=(0.43, 0.0, 0.07, 0.09),
         thorax=(0.25, 0.0, 0.12, 0.13),
         abdomen=(-0.14, 0.0, 0.36, 0.13),
-        stripes=1.5,
-        stripe_contrast=0.35,
-        light=(210, 115, 45),
-        dark=(125, 62, 28),
+        stripes=1.0,
+        stripe_contrast=0.3,
+        light=(230, 120, 35),
+        dark=(150, 70, 25),
         thorax_colour=(125, 75, 40),
         head_colour=(60, 38, 25),
         wing_length=0.32,
@@ -290,7 +292,7 @@ def _draw_bees(canvas: np.ndarray, rng: np.random.Generator, scale: float) -> tu
     labels: list[int] = []
     for label in rng.choice(len(CLASS_NAMES), size=count, p=CLASS_PROBS):
         look = _LOOKS[label]
-        length = float(np.clip(rng.uniform(13.0, 21.0) * camera * look.length, 10.0, 30.0)) * scale
+        length = float(np.clip(rng.uniform(19.0, 29.0) * camera * look.length, 14.0, 44.0)) * scale
         for _ in range(PLACEMENT_TRIES):
             centre = rng.uniform(-0.2 * length, size + 0.2 * length, size=2)
             angle = rng.uniform(0.0, 2.0 * np.pi)

@@ -6,7 +6,7 @@ float batch (B, 3, S, S), already normalised by the SSD's transform, and returns
 ``OrderedDict[str, Tensor]`` of feature maps ``"0", "1", ...``, largest first, where map ``k`` is
 (B, ``out_channels[k]``, ``sizes[k]``, ``sizes[k]``) with ``sizes = feature_map_sizes(S)``.
 
-Why stride 8: bees are small at the network's input size (synthetic bee boxes are 6-21 px at
+Why stride 8: bees are small at the network's input size (synthetic bee boxes are 10-35 px at
 256 px; real 1920x1080 frames squashed to 300 px leave bees 3-15 px wide). A stride-8 first map
 places an anchor every 8 px; a stride-16 map (what an unmodified ResNet gives at conv4_x) leaves
 most small, crowded bees without a well-centred anchor.
@@ -14,12 +14,15 @@ most small, crowded bees without a well-centred anchor.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch.nn as nn
 from torch import Tensor
+from torch.hub import get_dir
+from torchvision.models import WeightsEnum
 from torchvision.models import (
     ResNet18_Weights,
     ResNet34_Weights,
@@ -130,6 +133,27 @@ def default_extra_channels(num_blocks: int, wide: int, narrow: int) -> list[int]
     return [wide if i < 2 else narrow for i in range(num_blocks)]
 
 
+log = logging.getLogger(__name__)
+
+
+def imagenet_state_dict(weights: WeightsEnum) -> dict[str, Tensor] | None:
+    """The ImageNet state dict of ``weights`` through torchvision's weights API: from the torch hub
+    cache, downloading it there first when missing. Without a network (and no cached file) it
+    returns None after a loud warning, so an offline machine still trains, from random weights;
+    the warning says where to put the file."""
+    try:
+        return weights.get_state_dict(progress=True)
+    except OSError as err:  # URLError, socket errors and unreadable files are all OSErrors
+        filename = weights.url.rsplit("/", 1)[-1]
+        log.warning(
+            "could not load ImageNet weights %s (%s): the backbone starts from RANDOM weights, which "
+            "needs far more data and epochs. Put %s in %s/checkpoints/ (or connect to a network), or set "
+            "model.pretrained_backbone=false to train from scratch on purpose.",
+            weights, err, filename, get_dir(),
+        )
+        return None
+
+
 def resnet_trunk(depth: int, pretrained: bool) -> tuple[nn.Sequential, int]:
     """A torchvision ResNet through conv4_x (``layer3``) with that stage's stride set to 1, so its
     output is at stride 8 (38x38 at 300 px). Returns the trunk and its output channels.
@@ -145,9 +169,9 @@ def resnet_trunk(depth: int, pretrained: bool) -> tuple[nn.Sequential, int]:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNETS)}, got {depth}")
     constructor, weights, channels = RESNETS[depth]
     resnet = constructor(weights=None)
-    if pretrained:
-        # get_state_dict reads the hub cache first and only downloads when the file is missing.
-        resnet.load_state_dict(weights.get_state_dict(progress=True))
+    state = imagenet_state_dict(weights) if pretrained else None
+    if state is not None:
+        resnet.load_state_dict(state)
     _remove_stride(resnet.layer3[0])
     trunk = nn.Sequential(
         OrderedDict(

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
-from torchvision.models import MobileNet_V3_Large_Weights, VGG16_Weights
+from torchvision.models import MobileNet_V3_Large_Weights, VGG16_Weights, WeightsEnum
 from torchvision.models.detection import ssd300_vgg16 as tv_ssd300_vgg16
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large as tv_ssdlite320_mobilenet_v3_large
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
@@ -44,6 +44,7 @@ from beedet.models.backbones import (
     default_extra_channels,
     extra_blocks,
     feature_map_sizes,
+    imagenet_state_dict,
     resnet_trunk,
     slim_resnet,
 )
@@ -284,7 +285,7 @@ def ssd300_vgg16(
     _require_size("ssd300_vgg16", image_size, 300)
     model = tv_ssd300_vgg16(
         weights=None,
-        weights_backbone=VGG16_Weights.IMAGENET1K_FEATURES if pretrained_backbone else None,
+        weights_backbone=_loadable(VGG16_Weights.IMAGENET1K_FEATURES) if pretrained_backbone else None,
         num_classes=num_classes + 1,
         score_thresh=score_thresh,
         nms_thresh=nms_thresh,
@@ -316,7 +317,7 @@ def ssdlite320_mobilenet_v3_large(
     _require_size("ssdlite320_mobilenet_v3_large", image_size, 320)
     model = tv_ssdlite320_mobilenet_v3_large(
         weights=None,
-        weights_backbone=MobileNet_V3_Large_Weights.IMAGENET1K_V1 if pretrained_backbone else None,
+        weights_backbone=_loadable(MobileNet_V3_Large_Weights.IMAGENET1K_V1) if pretrained_backbone else None,
         num_classes=num_classes + 1,
         score_thresh=score_thresh,
         nms_thresh=nms_thresh,
@@ -353,3 +354,9 @@ def input_size(model: SSD) -> int:
     if width != height:
         raise ValueError(f"expected a square input size, the model has {width}x{height}")
     return int(width)
+
+
+def _loadable(weights: WeightsEnum) -> WeightsEnum | None:
+    """``weights`` when its file is cached or downloadable (torchvision's builder then reads it from
+    the hub cache), else None: the offline fallback of :func:`imagenet_state_dict`."""
+    return weights if imagenet_state_dict(weights) is not None else None
