@@ -37,7 +37,9 @@ def main(cfg: DictConfig) -> float:
     if datamodule.class_names != system.class_names:
         raise ValueError(f"the data's classes {datamodule.class_names} differ from the checkpoint's {system.class_names}")
 
-    trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, logger=False, enable_checkpointing=False, enable_model_summary=False)
+    # The training run's precision by default: bf16 validation numbers differ from fp32 ones.
+    precision = cfg.precision or train_cfg.trainer.get("precision", "32-true")
+    trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, precision=precision, logger=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.validate(system, datamodule=datamodule, verbose=False)
     metrics = final_metrics(system.last_metrics, checkpoint=str(Path(cfg.ckpt).resolve()))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -52,7 +54,8 @@ def main(cfg: DictConfig) -> float:
         image, target = dataset[i]
         (prediction,) = system.detect([image])
         drawn = overlay_predictions(image, target, prediction, system.class_names, cfg.score_threshold)
-        save_image(drawn, overlay_dir / f"{datamodule.val_records[i].image_path.stem}.jpg")
+        # Index first: val images from different folders may share a file name.
+        save_image(drawn, overlay_dir / f"{i:05d}_{datamodule.val_records[i].image_path.stem}.jpg")
 
     log.info("mAP %.4f  AP50 %.4f  AP75 %.4f", metrics["mAP"], metrics["AP50"], metrics["AP75"])
     print(f"run dir: {run_dir}")

@@ -2,7 +2,8 @@
 
     python -m beedet.predict ckpt=PATH images=DIR [draw=true] [score_threshold=0.3]
 
-For each image it writes ``detections/<relative path>.json``:
+For each image it writes ``detections/<relative path>.json`` (e.g. ``a.jpg.json``: the image's own
+suffix stays, so ``a.jpg`` and ``a.png`` never overwrite each other):
 ``{"image", "width", "height", "detections": [{"box": [x1, y1, x2, y2], "label", "class", "score"}],
 "counts": {class: n}}`` with boxes in the image's own pixels (after EXIF orientation), and with
 ``draw=true`` the image with its detections drawn under ``drawn/``. An unreadable image is reported
@@ -85,13 +86,13 @@ def main(cfg: DictConfig) -> None:
         for (path, img), tensor, prediction in zip(batch, tensors, system.detect(tensors)):
             rel = path.relative_to(root) if root.is_dir() else Path(path.name)
             record = detections_json(path, (img.shape[1], img.shape[0]), prediction, system.class_names, cfg.score_threshold)
-            out = run_dir / "detections" / rel.with_suffix(".json")
+            out = run_dir / "detections" / rel.with_name(rel.name + ".json")
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(record, indent=1))
             if cfg.draw:
                 keep = prediction["scores"] >= cfg.score_threshold
                 drawn = draw_boxes(tensor, prediction["boxes"][keep].cpu(), prediction["labels"][keep].cpu(), system.class_names, prediction["scores"][keep].cpu())
-                save_image(drawn, run_dir / "drawn" / rel.with_suffix(".jpg"))
+                save_image(drawn, run_dir / "drawn" / rel.with_name(rel.name + ".jpg"))
             written += 1
     skipped = len(paths) - written
     log.info("wrote detections for %d image(s); %d unreadable image(s) skipped", written, skipped)

@@ -172,3 +172,36 @@ def test_nan_box_skips_the_record(tmp_path: Path) -> None:
     # Python's json reads and writes the non-standard NaN literal, as some export scripts emit it.
     label_set, manifest, good = _read_with_bad_line(tmp_path, _line("nan.jpg", [(0, float("nan"), 5, 10, 10)]))
     _assert_only_bad_record_lost(label_set, manifest, good, mentions="non-finite")
+
+
+@pytest.mark.parametrize(
+    "replace, mentions",
+    [
+        (('"width": 1920', '"width": 1e400'), "image_size"),  # JSON parses it as infinity
+        (('"class_id": 0', '"class_id": 100000000000000000000000'), "class_id"),  # overflows int64
+        (('"left": 1', '"left": NaN'), "non-finite"),
+    ],
+)
+def test_manifest_numbers_out_of_range_skip_the_line(tmp_path: Path, replace: tuple[str, str], mentions: str) -> None:
+    _jpeg(tmp_path / "images" / "odd.jpg")
+    line = json.dumps(_line("odd.jpg", [(0, 1, 1, 5, 5)], size=(1920, 1080)))
+    assert replace[0] in line
+    label_set, manifest, good = _read_with_bad_line(tmp_path, line.replace(*replace))
+    _assert_only_bad_record_lost(label_set, manifest, good, mentions=mentions)
+
+
+def test_coco_entries_that_are_not_objects_are_problems(tmp_path: Path) -> None:
+    from beedet.data.coco import read_coco
+
+    _jpeg(tmp_path / "a.jpg")
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": WIDTH, "height": HEIGHT}, None, 7],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 2, 10, 10]}, None],
+        "categories": [{"id": 1, "name": "bee"}],
+    }
+    path = tmp_path / "labels.json"
+    path.write_text(json.dumps(coco))
+    label_set = read_coco(path)
+    assert [r.image_path.name for r in label_set.records] == ["a.jpg"] and label_set.records[0].num_boxes == 1
+    assert sorted(p.action for p in label_set.problems) == ["dropped box", "skipped", "skipped"]
+    assert all(p.where == str(path) for p in label_set.problems)

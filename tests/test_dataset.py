@@ -143,3 +143,22 @@ def test_collate_keeps_images_of_different_sizes(records: list[ImageRecord]) -> 
     images, targets = collate_detection([dataset[0], dataset[1]])
     assert [tuple(i.shape) for i in images] == [(3, 120, 200), (3, 90, 64)]
     assert [t["boxes"].shape[0] for t in targets] == [3, 0]
+
+
+def test_ddp_keeps_a_ragged_batch_when_a_rank_has_no_full_one(tmp_path):
+    """18 images, batch 16, 2 ranks: each rank has 9 images, so dropping the ragged batch would
+    train zero steps; on one device the ragged last batch is dropped as usual."""
+    from types import SimpleNamespace
+
+    from beedet.data.datamodule import BeeDataModule
+    from beedet.data.records import ImageRecord
+
+    image = tmp_path / "a.jpg"
+    from PIL import Image
+    Image.new("RGB", (32, 32)).save(image)
+    dm = BeeDataModule(train=None, batch_size=16, num_workers=0)  # type: ignore[arg-type]
+    dm.train_dataset = DetectionDataset([ImageRecord(image, 32, 32)] * 18)
+    dm.trainer = SimpleNamespace(world_size=2)  # type: ignore[assignment]
+    assert dm.train_dataloader().drop_last is False
+    dm.trainer = SimpleNamespace(world_size=1)  # type: ignore[assignment]
+    assert dm.train_dataloader().drop_last is True

@@ -33,11 +33,17 @@ def read_coco(path: Path, *, image_root: Path | None = None) -> LabelSet:
     categories = sorted(data.get("categories") or [], key=lambda c: c["id"])
     class_of_category = {c["id"]: i for i, c in enumerate(categories)}
     class_names = [str(c.get("name", f"class_{i}")) for i, c in enumerate(categories)]
-
     problems: list[Problem] = []
+
     annotations_of_image: dict[Any, list[dict[str, Any]]] = {}
-    image_ids = {image.get("id") for image in data.get("images", [])}
+    images = [image for image in data.get("images", []) if isinstance(image, dict)]
+    problems.extend(Problem(str(path), f"image entry {image!r} is not a JSON object", "skipped")
+                    for image in data.get("images", []) if not isinstance(image, dict))
+    image_ids = {image.get("id") for image in images}
     for ann in data.get("annotations", []):
+        if not isinstance(ann, dict):
+            problems.append(Problem(str(path), f"annotation {ann!r} is not a JSON object", "dropped box"))
+            continue
         if ann.get("image_id") not in image_ids:
             problems.append(Problem(str(path), f"annotation {ann.get('id')} refers to unknown image id "
                                                f"{ann.get('image_id')!r}", "dropped box"))
@@ -45,7 +51,7 @@ def read_coco(path: Path, *, image_root: Path | None = None) -> LabelSet:
         annotations_of_image.setdefault(ann["image_id"], []).append(ann)
 
     records = []
-    for image in data.get("images", []):
+    for image in images:
         try:
             record, dropped = _record(path, image, annotations_of_image.get(image.get("id"), []),
                                       class_of_category, image_root)

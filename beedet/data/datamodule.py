@@ -138,6 +138,10 @@ class BeeDataModule(pl.LightningDataModule):
         self.val_dataset = DetectionDataset(self.val_records, None)
 
     def train_dataloader(self) -> DataLoader:
+        # Under DDP each rank sees only its share of the images: drop a ragged last batch only
+        # when a rank still has a full one, or a small dataset would train zero steps.
+        world_size = self.trainer.world_size if self.trainer is not None else 1
+        per_rank = -(-len(self.train_dataset) // world_size)
         return DataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
@@ -146,7 +150,7 @@ class BeeDataModule(pl.LightningDataModule):
             collate_fn=collate_detection,
             # Workers outlive the epoch: respawning them costs seconds per epoch on small data.
             persistent_workers=self.num_workers > 0,
-            drop_last=len(self.train_dataset) > self.batch_size,
+            drop_last=per_rank > self.batch_size,
         )
 
     def val_dataloader(self) -> DataLoader:

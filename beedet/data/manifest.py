@@ -219,7 +219,7 @@ def _image_size(label: dict[str, Any]) -> tuple[int, int]:
     size = sizes[0] if isinstance(sizes, list) and sizes else sizes
     try:
         width, height = int(size["width"]), int(size["height"])
-    except (TypeError, KeyError, ValueError) as exc:
+    except (TypeError, KeyError, ValueError, OverflowError) as exc:
         raise _LineError(f"'image_size' is missing or has no integer width/height ({sizes!r})") from exc
     if width <= 0 or height <= 0:
         raise _LineError(f"'image_size' is {width}x{height}")
@@ -240,8 +240,10 @@ def _boxes(annotations: list[Any], attribute: str) -> tuple[np.ndarray, np.ndarr
             ) from exc
         if isinstance(class_id, float) and class_id.is_integer():
             class_id = int(class_id)
-        if isinstance(class_id, bool) or not isinstance(class_id, int) or class_id < 0:
+        if isinstance(class_id, bool) or not isinstance(class_id, int) or not 0 <= class_id < 2**62:
             raise _LineError(f"{attribute}.annotations[{i}].class_id is {class_id!r}, not a class id >= 0")
+        if not np.isfinite([left, top, width, height]).all():
+            raise _LineError(f"{attribute}.annotations[{i}] has a non-finite coordinate: {ann!r}")
         boxes[i] = (left, top, left + width, top + height)
         labels[i] = class_id
     return boxes, labels
