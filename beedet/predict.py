@@ -24,21 +24,18 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from beedet.assembly import load_system
-from beedet.data.images import ImageError, load_image
+from beedet.data.images import ImageError, find_images, load_image
 from beedet.visualize import draw_boxes, save_image
 
 log = logging.getLogger("beedet.predict")
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
-
-
-def find_images(path: Path) -> list[Path]:
-    """The image files at ``path`` (a file, or a folder searched recursively), sorted."""
+def images_at(path: Path) -> list[Path]:
+    """The image files at ``path``: the file itself, or the images in a folder (recursively)."""
     if path.is_file():
         return [path]
     if not path.is_dir():
         raise FileNotFoundError(f"no such image file or folder: {path}")
-    return sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return find_images(path)
 
 
 def detections_json(image_path: Path, size: tuple[int, int], prediction: dict[str, torch.Tensor], class_names: Sequence[str], score_threshold: float) -> dict:
@@ -79,7 +76,7 @@ def main(cfg: DictConfig) -> None:
     system, _ = load_system(cfg.ckpt)
     system.to(device)
     root = Path(cfg.images)
-    paths = find_images(root)
+    paths = images_at(root)
     written = 0
     for batch in _batches(paths, cfg.batch_size):
         tensors = [torch.from_numpy(img).permute(2, 0, 1).float().div(255) for _, img in batch]

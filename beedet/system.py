@@ -12,7 +12,6 @@ Label contract at this boundary:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,8 +25,6 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from beedet.data.records import ImageRecord
 from beedet.evaluation.coco import CocoMetrics, evaluate_records
-
-log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]

@@ -37,6 +37,15 @@ class ImageError(DataError):
         super().__init__(f"{path}: {reason}")
 
 
+#: File suffixes beedet treats as images when it lists a folder (compared lower-case).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
+
+
+def find_images(folder: Path | str) -> list[Path]:
+    """The image files under ``folder``, searched recursively, sorted by path."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
 def load_image(path: Path | str) -> np.ndarray:
     """Decode ``path`` to uint8 RGB of shape (H, W, 3), as displayed (EXIF orientation applied).
 

@@ -20,11 +20,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from beedet.data.images import ImageError, read_image_size
+from beedet.data.images import ImageError, find_images, read_image_size
 from beedet.data.records import DataError, ImageRecord, LabelSet, Problem
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-
 
 class _LineError(ValueError):
     """One label line is unusable; the message is the reason shown to the user."""
@@ -47,7 +44,7 @@ def read_yolo(
 
     records: list[ImageRecord] = []
     problems: list[Problem] = []
-    image_paths = sorted(p for p in images_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    image_paths = find_images(images_dir)
     for image_path in image_paths:
         label_path = labels_dir / image_path.relative_to(images_dir).with_suffix(".txt")
         record = _read_one(image_path, label_path, problems)
