@@ -3,24 +3,25 @@
     python evaluate.py ckpt=outputs/synthetic/<stamp>/checkpoints/best.ckpt
     python evaluate.py ckpt=... data=honeybee data.root=../shared/data/honeybee-mini
 
-Writes metrics.json, report.md and overlays/ into its run dir (printed on the last line).
+Writes metrics.json, report.md (with count_plot.png) and overlays/ into its run dir (printed on the
+last line). Objects are counted at the checkpoint's count threshold (count_threshold=0.4 overrides).
 With no data=..., it evaluates on the checkpoint's own validation split, so the numbers match
 the metrics.json of the training run.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 import hydra
 import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from beedet.assembly import build_datamodule, load_system
-from beedet.reporting import final_metrics, metrics_markdown
+from beedet.reporting import final_metrics, write_run_report
+from beedet.system import DetectionModule
 from beedet.visualize import overlay_predictions, save_image
 
 log = logging.getLogger("beedet.evaluate")
@@ -29,7 +30,7 @@ log = logging.getLogger("beedet.evaluate")
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    system, train_cfg = load_system(cfg.ckpt)
+    system, train_cfg = load_system(cfg.ckpt, cfg.get("slicing"))
     data_cfg = cfg.data if cfg.get("data") is not None else train_cfg.data
     # No augmentation here: validation images go in as stored, boxes come back in their pixels.
     datamodule = build_datamodule(data_cfg, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
@@ -37,13 +38,17 @@ def main(cfg: DictConfig) -> float:
     if datamodule.class_names != system.class_names:
         raise ValueError(f"the data's classes {datamodule.class_names} differ from the checkpoint's {system.class_names}")
 
+    threshold_source = count_threshold_source(system, train_cfg, cfg.count_threshold)
+
     # The training run's precision by default: bf16 validation numbers differ from fp32 ones.
     precision = cfg.precision or train_cfg.trainer.get("precision", "32-true")
     trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, precision=precision, logger=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.validate(system, datamodule=datamodule, verbose=False)
-    metrics = final_metrics(system.last_metrics, checkpoint=str(Path(cfg.ckpt).resolve()))
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (run_dir / "report.md").write_text(metrics_markdown(metrics, system.class_names, [datamodule.reports["val"]]))
+    metrics = final_metrics(
+        system.last_metrics, checkpoint=str(Path(cfg.ckpt).resolve()), counts=system.last_counts,
+        oracle_counts=system.last_oracle_counts, count_threshold_source=threshold_source,
+    )
+    write_run_report(run_dir, metrics, system.class_names, [datamodule.reports["val"]], counts=system.last_counts)
 
     # Overlays of the first images that contain objects: misses and false positives at a glance.
     overlay_dir = run_dir / "overlays"
@@ -57,9 +62,25 @@ def main(cfg: DictConfig) -> float:
         # Index first: val images from different folders may share a file name.
         save_image(drawn, overlay_dir / f"{i:05d}_{datamodule.val_records[i].image_path.stem}.jpg")
 
-    log.info("mAP %.4f  AP50 %.4f  AP75 %.4f", metrics["mAP"], metrics["AP50"], metrics["AP75"])
+    counting = metrics["counting"]
+    log.info("mAP %.4f  AP50 %.4f  AP75 %.4f  count MAE %.3f at score >= %.2f (%s)", metrics["mAP"], metrics["AP50"],
+             metrics["AP75"], counting["all"]["MAE"], counting["threshold"], counting["threshold_source"])
     print(f"run dir: {run_dir}")
     return float(metrics["mAP"])
+
+
+def count_threshold_source(system: DetectionModule, train_cfg: DictConfig, override: float | None) -> str:
+    """Set the system's count threshold for this evaluation and say where it comes from:
+    ``override`` (evaluate's count_threshold) when given, else the checkpoint's, else (a checkpoint
+    from before counting) the best one for the data evaluated."""
+    if override is not None:
+        system.count_threshold = float(override)
+        return "evaluate count_threshold override"
+    if system.count_threshold is None:
+        return "chosen on this data: the checkpoint has no count threshold"
+    if OmegaConf.select(train_cfg, "evaluation.count_threshold") is None:
+        return "checkpoint: chosen on its training run's validation split"
+    return "checkpoint: fixed by its training config evaluation.count_threshold"
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@
     python train.py run_dir=outputs/synthetic/<stamp> ckpt_path=last   # resume a killed run
 
 Everything configurable lives in conf/; everything that does work lives in beedet/. The run
-directory (checkpoints/, tensorboard/, metrics.json, data_report.md) is printed on the last line.
+directory (checkpoints/, tensorboard/, metrics.json, report.md with count_plot.png, data_report.md)
+is printed on the last line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -21,7 +21,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from beedet.assembly import build_datamodule, build_network, build_system, build_trainer
-from beedet.reporting import final_metrics, hparams_for_logging
+from beedet.evaluation.coco import record_box_areas, resolve_size_bins
+from beedet.reporting import final_metrics, hparams_for_logging, write_run_report
 
 log = logging.getLogger("beedet.train")
 
@@ -40,8 +41,13 @@ def main(cfg: DictConfig) -> float:
         log.info("%s data:\n%s", split, report)
     (run_dir / "data_report.md").write_text("\n\n".join(r.to_markdown() for r in datamodule.reports.values()))
 
-    net = build_network(cfg.model, num_classes=datamodule.num_classes)
-    system = build_system(cfg, net, datamodule.class_names)
+    # Training box counts per class id: model.class_weight_power > 0 turns them into loss weights.
+    net = build_network(cfg.model, num_classes=datamodule.num_classes,
+                        class_counts=[datamodule.reports["train"].boxes_per_class[name] for name in datamodule.class_names])
+    # Size bins for validation AP: from the training boxes' areas, so they describe the bees the
+    # model learnt from and do not move with the validation data (saved in the checkpoint).
+    size_bins = resolve_size_bins(cfg.evaluation.size_bins, record_box_areas(datamodule.train_records))
+    system = build_system(cfg, net, datamodule.class_names, size_bins=size_bins)
     trainer = build_trainer(cfg)
     trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
@@ -49,11 +55,22 @@ def main(cfg: DictConfig) -> float:
     # evaluate.py on it must reproduce these numbers.
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.validate(system, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    metrics = final_metrics(system.last_metrics, checkpoint=best)
+    threshold_source = (
+        "chosen on this validation split" if cfg.evaluation.count_threshold is None else "training config evaluation.count_threshold"
+    )
+    metrics = final_metrics(
+        system.last_metrics, checkpoint=best, counts=system.last_counts, oracle_counts=system.last_oracle_counts,
+        count_threshold_source=threshold_source,
+    )
     if trainer.is_global_zero:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_run_report(
+            run_dir, metrics, system.class_names, [datamodule.reports["val"]], counts=system.last_counts,
+            title="beedet training run: best checkpoint on the validation split",
+        )
         if trainer.logger is not None:
-            trainer.logger.log_hyperparams(hparams_for_logging(cfg, HydraConfig.get().runtime.choices), {f"hp/{k}": metrics[k] for k in ("mAP", "AP50", "AP75")})
+            final = {f"hp/{k}": metrics[k] for k in ("mAP", "AP50", "AP75")}
+            final["hp/count_MAE"] = metrics["counting"]["all"]["MAE"]
+            trainer.logger.log_hyperparams(hparams_for_logging(cfg, HydraConfig.get().runtime.choices), final)
             trainer.logger.finalize("success")
         log.info("val mAP %.4f  AP50 %.4f  AP75 %.4f", metrics["mAP"], metrics["AP50"], metrics["AP75"])
         print(f"run dir: {run_dir}")

@@ -7,7 +7,9 @@ data and augmentation -> network -> system -> trainer.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import albumentations as A
@@ -18,7 +20,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from beedet.checkpointing import AtomicCheckpointIO, load_checkpoint
 from beedet.data.datamodule import BeeDataModule
+from beedet.evaluation.coco import DEFAULT_MAX_DETECTIONS
+from beedet.losses import class_weights_from_counts
 from beedet.system import DetectionModule
+from beedet.tiling import Slicing
+
+log = logging.getLogger(__name__)
 
 
 def build_augment(augment_cfg: DictConfig) -> A.Compose:
@@ -32,20 +39,51 @@ def build_datamodule(data_cfg: DictConfig, augment_cfg: DictConfig | None = None
     return instantiate(data_cfg, train_transform=transform, **overrides, _convert_="all")
 
 
-def build_network(model_cfg: DictConfig, num_classes: int, **overrides: Any) -> nn.Module:
-    """The plain detection network. ``num_classes`` counts foreground classes (no background)."""
-    return instantiate(model_cfg, num_classes=num_classes, **overrides, _convert_="all")
+def build_network(
+    model_cfg: DictConfig, num_classes: int, *, class_counts: Sequence[int] | None = None, **overrides: Any
+) -> nn.Module:
+    """The plain detection network. ``num_classes`` counts foreground classes (no background).
+
+    ``class_weight_power`` in the model config is not a builder argument: when it is > 0 and
+    ``class_counts`` (training boxes per class id) are given, it becomes the builder's
+    ``class_weights`` (``beedet.losses.class_weights_from_counts``). Without counts (evaluation,
+    prediction) the network is built without weights: they only change the training loss.
+    """
+    params = OmegaConf.to_container(model_cfg, resolve=True)
+    power = float(params.pop("class_weight_power", None) or 0.0)
+    if power > 0 and class_counts is not None and "class_weights" not in overrides:
+        overrides["class_weights"] = class_weights_from_counts(class_counts, power)
+        log.info("class weights (class_weight_power=%g) for training box counts %s: %s", power, list(class_counts),
+                 ", ".join(f"{w:.3g}" for w in overrides["class_weights"]))
+    return instantiate(params, num_classes=num_classes, **overrides, _convert_="all")
 
 
-def build_system(cfg: DictConfig, net: nn.Module, class_names: list[str]) -> DetectionModule:
-    """The LightningModule around ``net``; the resolved config rides along into checkpoints."""
+def build_system(
+    cfg: DictConfig, net: nn.Module, class_names: list[str], *, size_bins: Sequence[float] | None = None
+) -> DetectionModule:
+    """The LightningModule around ``net``; the resolved config rides along into checkpoints.
+
+    ``size_bins``: inner area edges (px^2) of the validation size bins, derived from the training
+    data by the caller (``train.py``; ``cfg.evaluation.size_bins`` says how). ``cfg.evaluation``
+    gives ``max_detections`` and ``count_threshold``."""
     return DetectionModule(
         net=net,
         class_names=class_names,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         run_config=OmegaConf.to_container(cfg, resolve=True),
+        slicing=build_slicing(cfg.get("slicing")),
+        size_bins=size_bins,
+        max_detections=cfg.evaluation.max_detections,
+        count_threshold=cfg.evaluation.count_threshold,
     )
+
+
+def build_slicing(slicing_cfg: DictConfig | None) -> Slicing | None:
+    """Sliced inference settings, or None for whole-frame inference (``slicing=none`` is empty)."""
+    if not slicing_cfg:
+        return None
+    return instantiate(slicing_cfg)
 
 
 def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
@@ -55,16 +93,34 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()], **overrides)
 
 
-def load_system(ckpt_path: str | os.PathLike) -> tuple[DetectionModule, DictConfig]:
-    """Rebuild the trained system from a beedet checkpoint; returns it (in eval mode) and its run config."""
+def load_system(ckpt_path: str | os.PathLike, slicing: DictConfig | None = None) -> tuple[DetectionModule, DictConfig]:
+    """Rebuild the trained system from a beedet checkpoint; returns it (in eval mode) and its run config.
+
+    ``slicing`` replaces the checkpoint's inference slicing (a ``conf/slicing`` config, resolved
+    against the checkpoint's own config, so ``${model.image_size}`` means the trained model's);
+    None keeps the checkpoint's."""
     checkpoint = load_checkpoint(ckpt_path)
     if "beedet" not in checkpoint:
         raise ValueError(f"{ckpt_path} is not a beedet checkpoint (no 'beedet' entry)")
     class_names = checkpoint["beedet"]["class_names"]
     run_cfg = OmegaConf.create(checkpoint["beedet"]["config"])
+    if slicing is not None:
+        run_cfg = OmegaConf.merge(run_cfg, {"slicing": None})
+        run_cfg.slicing = slicing
     # The weights come from the checkpoint: never download ImageNet weights to overwrite them.
     extra = {"pretrained_backbone": False} if "pretrained_backbone" in run_cfg.model else {}
     net = build_network(run_cfg.model, num_classes=len(class_names), **extra)
-    system = DetectionModule(net=net, class_names=class_names, optimizer=instantiate(run_cfg.optimizer), run_config=checkpoint["beedet"]["config"])
+    system = DetectionModule(
+        net=net,
+        class_names=class_names,
+        optimizer=instantiate(run_cfg.optimizer),
+        run_config=checkpoint["beedet"]["config"],
+        slicing=build_slicing(run_cfg.get("slicing")),
+        # Evaluate as the training run validated: its size bins, maxDets and count threshold
+        # (None in checkpoints older than counting: then it is chosen on the data evaluated).
+        size_bins=checkpoint["beedet"].get("size_bins"),
+        max_detections=OmegaConf.select(run_cfg, "evaluation.max_detections", default=DEFAULT_MAX_DETECTIONS),
+        count_threshold=checkpoint["beedet"].get("count_threshold"),
+    )
     system.load_state_dict(checkpoint["state_dict"])
     return system.eval(), run_cfg

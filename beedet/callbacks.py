@@ -3,9 +3,11 @@
 * ``AugmentationPreview``: the augmented training images the network really sees, with boxes.
 * ``PredictionOverlays``: detections on a few fixed validation images, every N epochs.
 * ``PRCurves``: COCO's per-class precision-recall curve (IoU 0.5) in TensorBoard's PR Curves tab.
+* ``CountPlot``: predicted against true objects per validation image, after every validation.
 
 What the callbacks need from the LightningModule (``beedet.system.DetectionModule`` has it; see
-``Detector``): ``class_names``, ``detect(images)``, ``last_metrics`` and ``device``. From the data
+``Detector``): ``class_names``, ``detect(images)``, ``last_metrics``, ``last_counts`` and
+``device``. From the data
 module: ``train_dataloader()`` yielding ``(list[image], list[target])`` and ``val_dataset`` giving
 ``(image, target)``; images float (3, H, W) in [0, 1], targets ``{"boxes": (N, 4) xyxy pixels,
 "labels": (N,) 0-based class ids, ...}``.
@@ -29,6 +31,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
+from beedet.evaluation.counting import count_plot
 from beedet.visualize import draw_boxes, image_grid, overlay_predictions
 
 # Without a class's ground-truth count, PR counts are per 100 objects (they read as percentages).
@@ -55,10 +58,12 @@ class Detector(Protocol):
       it runs under no_grad in eval mode and restores the previous train/eval mode.
     * ``last_metrics`` is set after each validation epoch on rank 0: an object with
       ``pr_curves: dict[str, PRCurveLike]`` (``beedet.evaluation.coco.CocoMetrics``), or None.
+    * ``last_counts`` likewise: ``beedet.evaluation.counting.CountMetrics`` of that validation, or None.
     """
 
     class_names: list[str]
     last_metrics: Any
+    last_counts: Any
     device: torch.device
 
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]: ...
@@ -237,6 +242,30 @@ class PRCurves(pl.Callback):
                 f"pr_curve/{name}", tp, fp, tn, fn, precision, recall,
                 global_step=trainer.global_step, num_thresholds=self.num_thresholds,
             )
+
+
+class CountPlot(pl.Callback):
+    """Logs predicted against true total objects per validation image (one dot per image, the
+    diagonal is a perfect count, MAE and bias in the title; ``beedet.evaluation.counting.count_plot``).
+
+    Tag ``counting/val``, at the trainer's global step, after every validation that produced new
+    counts (not the sanity check). Like ``PRCurves`` it runs in ``on_validation_end``, after the
+    module has computed ``last_counts``.
+    """
+
+    def __init__(self) -> None:
+        self._logged: Any = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        writer = tensorboard_writer(trainer)
+        counts = getattr(pl_module, "last_counts", None)
+        # The same object again means validation produced no new counts: do not repeat old ones.
+        if writer is None or counts is None or counts is self._logged:
+            return
+        self._logged = counts
+        writer.add_image("counting/val", count_plot(counts), global_step=trainer.global_step)
 
 
 def tensorboard_pr_data(curve: PRCurveLike, num_gt: int | None = None, num_thresholds: int = 101) -> np.ndarray | None:

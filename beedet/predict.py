@@ -73,7 +73,7 @@ def _batches(paths: Sequence[Path], batch_size: int) -> Iterator[list[tuple[Path
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     device = torch.device("cuda" if cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
-    system, _ = load_system(cfg.ckpt)
+    system, _ = load_system(cfg.ckpt, cfg.get("slicing"))
     system.to(device)
     root = Path(cfg.images)
     paths = images_at(root)

@@ -1,24 +1,66 @@
-"""Run artifacts for people: metrics.json, report.md, and the hparams row in TensorBoard."""
+"""Run artifacts for people: metrics.json, report.md (with count_plot.png), and the hparams row
+in TensorBoard. train.py and evaluate.py both write them through :func:`write_run_report`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from beedet.data.report import DataReport
-from beedet.evaluation.coco import CocoMetrics
+from beedet.evaluation.coco import DEFAULT_MAX_DETECTIONS, CocoMetrics, stat_keys
+from beedet.evaluation.counting import CountMetrics, count_plot
+from beedet.visualize import save_image
+
+#: Next to report.md, which embeds it.
+COUNT_PLOT_NAME = "count_plot.png"
 
 
-def final_metrics(metrics: CocoMetrics | None, *, checkpoint: str = "") -> dict[str, Any]:
-    """The metrics.json payload: COCO stats at top level (mAP, AP50, AP75, ...), per-class AP."""
+def final_metrics(
+    metrics: CocoMetrics | None,
+    *,
+    checkpoint: str = "",
+    counts: CountMetrics | None = None,
+    oracle_counts: CountMetrics | None = None,
+    count_threshold_source: str = "",
+) -> dict[str, Any]:
+    """The metrics.json payload: COCO stats at top level (mAP, AP50, AP75, ...), per-class AP,
+    ``size_bins`` and ``max_detections`` (:meth:`CocoMetrics.to_dict`), and with ``counts`` a
+    ``counting`` section: :meth:`CountMetrics.to_dict` plus ``threshold_source`` (where the
+    threshold came from) and ``oracle`` (threshold and overall errors of the best threshold for
+    these very images, for reference)."""
     if metrics is None:
         raise RuntimeError("no validation metrics: did validation run on at least one image?")
     payload = metrics.to_dict()
+    if counts is not None:
+        payload["counting"] = {**counts.to_dict(), "threshold_source": count_threshold_source}
+        if oracle_counts is not None:
+            payload["counting"]["oracle"] = {"threshold": oracle_counts.threshold, "all": dict(oracle_counts.overall)}
     if checkpoint:
         payload["checkpoint"] = checkpoint
     return payload
+
+
+def write_run_report(
+    run_dir: str | Path,
+    payload: Mapping[str, Any],
+    class_names: Sequence[str],
+    reports: Sequence[DataReport] = (),
+    *,
+    counts: CountMetrics | None = None,
+    title: str = "beedet evaluation",
+) -> None:
+    """Write ``metrics.json`` (``payload``, see :func:`final_metrics`), ``count_plot.png`` (with
+    ``counts``) and ``report.md`` (:func:`metrics_markdown`, embedding the plot) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    (run_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
+    if counts is not None:
+        save_image(count_plot(counts), run_dir / COUNT_PLOT_NAME)
+    plot = COUNT_PLOT_NAME if counts is not None else None
+    (run_dir / "report.md").write_text(metrics_markdown(payload, class_names, reports, title=title, count_plot=plot))
 
 
 def hparams_for_logging(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -33,11 +75,11 @@ def hparams_for_logging(cfg: DictConfig, choices: Mapping[str, str] | None = Non
         elif isinstance(node, (int, float, str, bool)):
             flat[prefix] = node
 
-    for group in ("model", "optimizer", "scheduler"):
+    for group in ("model", "optimizer", "scheduler", "slicing"):
         if cfg.get(group) is not None:
             walk(group, OmegaConf.to_container(cfg[group], resolve=True))
     data = OmegaConf.to_container(cfg.data, resolve=True)
-    for key in ("subset_fraction", "val_fraction", "batch_size", "seed"):
+    for key in ("subset_fraction", "val_fraction", "batch_size", "seed", "repeat_factor_threshold", "group_by"):
         if key in data:
             flat[f"data/{key}"] = data[key]
     flat["trainer/max_epochs"] = cfg.trainer.get("max_epochs")
@@ -53,19 +95,90 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None or value < 0 else f"{value:.4f}"
 
 
-def metrics_markdown(metrics: Mapping[str, Any], class_names: Sequence[str], reports: Sequence[DataReport] = (), *, title: str = "beedet evaluation") -> str:
-    """A readable report: COCO stats, per-class AP, then the dataset statistics."""
+def metrics_markdown(
+    metrics: Mapping[str, Any],
+    class_names: Sequence[str],
+    reports: Sequence[DataReport] = (),
+    *,
+    title: str = "beedet evaluation",
+    count_plot: str | None = None,
+) -> str:
+    """A readable report of a :func:`final_metrics` payload: COCO stats, per-class AP, AP by box
+    size, counting errors (embedding the image file ``count_plot`` when given), then the dataset
+    statistics."""
+    max_detections = int(metrics.get("max_detections", DEFAULT_MAX_DETECTIONS))
     lines = [f"# {title}", ""]
     if metrics.get("checkpoint"):
         lines += [f"Checkpoint: `{metrics['checkpoint']}`", ""]
-    lines += ["## COCO box metrics", "", "| metric | value |", "|---|---|"]
-    for key in ("mAP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large", "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large"):
+    lines += ["## COCO box metrics", "", f"At most {max_detections} detections per image (COCO maxDets).", ""]
+    lines += ["| metric | value |", "|---|---|"]
+    for key in stat_keys(max_detections):
         if key in metrics:
             lines.append(f"| {key} | {_fmt(metrics[key])} |")
     lines += ["", "## Per-class AP", "", "| class | AP@[.5:.95] | AP50 |", "|---|---|---|"]
     for name in class_names:
         lines.append(f"| {name} | {_fmt(metrics['per_class_AP'].get(name))} | {_fmt(metrics['per_class_AP50'].get(name))} |")
     lines += ["", "n/a: the class has no ground truth in this split (pycocotools reports -1).", ""]
+    lines += _size_bin_section(metrics.get("size_bins") or [])
+    if metrics.get("counting"):
+        lines += _counting_section(metrics["counting"], class_names, count_plot)
     for report in reports:
         lines += [report.to_markdown(), ""]
     return "\n".join(lines)
+
+
+def _size_bin_section(size_bins: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not size_bins:
+        return []
+    lines = [
+        "## AP by box size",
+        "",
+        "Bins of box area (px^2 of the stored images) with equal shares of the training boxes, or the",
+        "configured edges; side = sqrt(area). AP and recall are averaged over the classes present in a bin.",
+        "",
+        "| bin | area px^2 | side px | boxes | AP@[.5:.95] | AP50 | recall@0.5 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for size_bin in size_bins:
+        lo, hi = float(size_bin["min_area"]), float(size_bin["max_area"])
+        last = hi >= 1e10  # COCO's "no upper limit"
+        area = f"{lo:.0f} and up" if last else f"{lo:.0f}-{hi:.0f}"
+        side = f"{lo ** 0.5:.1f} and up" if last else f"{lo ** 0.5:.1f}-{hi ** 0.5:.1f}"
+        lines.append(
+            f"| {size_bin['name']} | {area} | {side} | {size_bin['num_gt']} | {_fmt(size_bin['AP'])} | "
+            f"{_fmt(size_bin['AP50'])} | {_fmt(size_bin['recall50'])} |"
+        )
+    return lines + [""]
+
+
+def _counting_section(counting: Mapping[str, Any], class_names: Sequence[str], count_plot: str | None) -> list[str]:
+    def row(name: str, values: Mapping[str, float]) -> str:
+        return (
+            f"| {name} | {values['MAE']:.3f} | {values['RMSE']:.3f} | {values['bias']:+.3f} | "
+            f"{values['mean_true']:.2f} | {values['mean_pred']:.2f} |"
+        )
+
+    lines = [
+        "## Counting",
+        "",
+        f"Objects per image counted as detections scoring >= {counting['threshold']:.2f}"
+        + (f" ({counting['threshold_source']})" if counting.get("threshold_source") else "")
+        + f", over {counting['num_images']} images. Bias = mean(predicted - true): negative undercounts.",
+        "",
+        "| class | MAE | RMSE | bias | mean true | mean predicted |",
+        "|---|---|---|---|---|---|",
+        row("all", counting["all"]),
+    ]
+    lines += [row(name, counting["per_class"][name]) for name in class_names if name in counting["per_class"]]
+    oracle = counting.get("oracle")
+    if oracle and oracle["threshold"] != counting["threshold"]:
+        lines += [
+            "",
+            f"For reference only: the best threshold for exactly these images is {oracle['threshold']:.2f} "
+            f"(all-class count MAE {oracle['all']['MAE']:.3f}); it was chosen by looking at the answers.",
+        ]
+    elif oracle:
+        lines += ["", "This threshold is also the best one for exactly these images (it was chosen on them)."]
+    if count_plot:
+        lines += ["", f"![predicted against true objects per image]({count_plot})"]
+    return lines + [""]

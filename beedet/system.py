@@ -1,8 +1,8 @@
 """The detection system: a LightningModule around a plain torchvision SSD network.
 
 The network (``beedet.models``) knows nothing about training; this module owns what surrounds it:
-the loss bookkeeping, the optimizer and schedule, validation with COCO metrics, and the one place
-where dataset class ids meet torchvision's background convention.
+the loss bookkeeping, the optimizer and schedule, validation with COCO and counting metrics, and
+the one place where dataset class ids meet torchvision's background convention.
 
 Label contract at this boundary:
     dataset / metrics / users:  class ids 0..C-1, 0 is the first real class ("bee")
@@ -24,7 +24,9 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
 from beedet.data.records import ImageRecord
-from beedet.evaluation.coco import CocoMetrics, evaluate_records
+from beedet.evaluation.coco import DEFAULT_MAX_DETECTIONS, CocoMetrics, evaluate_records
+from beedet.evaluation.counting import CountMetrics, choose_count_threshold, count_metrics
+from beedet.tiling import Slicing, detect_sliced
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
@@ -41,6 +43,21 @@ class DetectionModule(pl.LightningModule):
         scheduler: builds an lr schedule from ``(optimizer, total_steps)``; stepped every batch.
         run_config: the resolved run config, stored in checkpoints so that ``evaluate.py`` and
             ``beedet.predict`` can rebuild exactly this network and data. The module never reads it.
+        slicing: predict every image as overlapping tiles (``beedet.tiling``) instead of squashing
+            it whole into the network's input; validation, ``evaluate.py``, ``beedet.predict`` and
+            serving all go through :meth:`detect`, so they all slice alike. None: whole images.
+        size_bins: inner edges (px^2 of the stored images, increasing) of the size bins whose AP
+            and recall validation reports, usually the training boxes' area terciles
+            (``beedet.evaluation.coco.size_bin_edges``); None or empty: none. Saved in checkpoints.
+        max_detections: detections per image that COCO evaluation keeps (its largest maxDets).
+        count_threshold: the score threshold for counting objects. None: after each validation,
+            choose the one that counts best on that validation set
+            (``beedet.evaluation.counting.choose_count_threshold``); a number: always apply it.
+            The threshold in use is saved in checkpoints.
+
+    After each validation epoch ``last_metrics`` holds the COCO metrics, ``last_counts`` the count
+    errors at the threshold in use and ``last_oracle_counts`` those at the best threshold for that
+    validation set (the same object when ``count_threshold`` is None).
     """
 
     def __init__(
@@ -50,6 +67,10 @@ class DetectionModule(pl.LightningModule):
         optimizer: OptimizerFactory,
         scheduler: SchedulerFactory | None = None,
         run_config: dict[str, Any] | None = None,
+        slicing: Slicing | None = None,
+        size_bins: Sequence[float] | None = None,
+        max_detections: int = DEFAULT_MAX_DETECTIONS,
+        count_threshold: float | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -57,7 +78,13 @@ class DetectionModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.run_config = run_config
+        self.slicing = slicing
+        self.size_bins = [float(edge) for edge in size_bins] if size_bins else None
+        self.max_detections = int(max_detections)
+        self.count_threshold = None if count_threshold is None else float(count_threshold)
         self.last_metrics: CocoMetrics | None = None
+        self.last_counts: CountMetrics | None = None
+        self.last_oracle_counts: CountMetrics | None = None
         self._val_outputs: list[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]] = []
 
     # ---- the label-convention boundary --------------------------------------------------------
@@ -67,14 +94,22 @@ class DetectionModule(pl.LightningModule):
 
     @torch.no_grad()
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        """Detections for float (3, H, W) images in [0, 1]: per image ``boxes`` (N, 4) xyxy in that
-        image's pixels, ``scores`` (N,), ``labels`` (N,) 0-based class ids. Keeps train/eval mode."""
+        """Detections for float (3, H, W) images in [0, 1] of any size: per image ``boxes`` (N, 4)
+        xyxy in that image's pixels, ``scores`` (N,), ``labels`` (N,) 0-based class ids. Slices
+        each image into tiles when ``slicing`` is set. Keeps the network's train/eval mode."""
         was_training = self.net.training
         self.net.eval()
         try:
-            outputs = self.net([img.to(self.device) for img in images])
+            images = [img.to(self.device) for img in images]
+            if self.slicing is None:
+                return self._detect_whole(images)
+            return [detect_sliced(self._detect_whole, image, self.slicing) for image in images]
         finally:
             self.net.train(was_training)
+
+    def _detect_whole(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
+        """One eval-mode forward pass: each image squashed to the input, boxes mapped back."""
+        outputs = self.net(images)
         return [{"boxes": o["boxes"], "scores": o["scores"], "labels": o["labels"] - 1} for o in outputs]
 
     # ---- training -----------------------------------------------------------------------------
@@ -113,6 +148,7 @@ class DetectionModule(pl.LightningModule):
         if not outputs:
             return
         self.last_metrics = self._evaluate(outputs)
+        self.last_counts, self.last_oracle_counts = self._count(outputs)
         stats = self.last_metrics.stats
         # Every rank logs the same numbers (all ranks evaluated the gathered set), so checkpoint
         # and early-stopping callbacks agree across processes without another reduction.
@@ -124,6 +160,16 @@ class DetectionModule(pl.LightningModule):
         for name, ap in self.last_metrics.per_class_AP50.items():
             if ap is not None:
                 self.log(f"val/AP50/{name}", float(ap))
+        for size_bin in self.last_metrics.size_bins:
+            if size_bin.AP is not None:
+                self.log(f"val/AP_size/{size_bin.name}", float(size_bin.AP))
+        smallest = self.last_metrics.size_bins[0] if self.last_metrics.size_bins else None
+        if smallest is not None and smallest.recall50 is not None:
+            self.log("val/recall50_smallest", float(smallest.recall50))
+        counts = self.last_counts
+        self.log_dict({f"val/count/{key}": counts.overall[key] for key in ("MAE", "RMSE", "bias")})
+        self.log("val/count/threshold", counts.threshold)
+        self.log_dict({f"val/count_MAE/{name}": values["MAE"] for name, values in counts.per_class.items()})
 
     def _gather(self, outputs: list) -> list:
         """All ranks' validation outputs, each image once (DistributedSampler pads with repeats)."""
@@ -140,7 +186,17 @@ class DetectionModule(pl.LightningModule):
             height, width = (int(v) for v in truth["orig_size"])
             records.append(ImageRecord(f"val-{image_id}", width, height, truth["boxes"], truth["labels"]))
             predictions.append(pred)
-        return evaluate_records(records, predictions, self.class_names)
+        return evaluate_records(records, predictions, self.class_names, area_bins=self.size_bins, max_detections=self.max_detections)
+
+    def _count(self, outputs: list) -> tuple[CountMetrics, CountMetrics]:
+        """Count errors at the threshold in use and at the best one for these images."""
+        truth_labels = [truth["labels"] for _, truth, _ in outputs]
+        predictions = [pred for _, _, pred in outputs]
+        best = choose_count_threshold(truth_labels, predictions, len(self.class_names))
+        oracle = count_metrics(truth_labels, predictions, self.class_names, best)
+        if self.count_threshold is None or self.count_threshold == best:
+            return oracle, oracle
+        return count_metrics(truth_labels, predictions, self.class_names, self.count_threshold), oracle
 
     # ---- prediction and checkpoints -----------------------------------------------------------
     def predict_step(self, batch: tuple[list[Tensor], list[dict[str, Tensor]]], batch_idx: int) -> list[dict[str, Tensor]]:
@@ -148,4 +204,10 @@ class DetectionModule(pl.LightningModule):
         return self.detect(images)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["beedet"] = {"class_names": self.class_names, "config": self.run_config}
+        checkpoint["beedet"] = {
+            "class_names": self.class_names,
+            "config": self.run_config,
+            # The threshold in use: the configured one, or the one chosen on the latest validation.
+            "count_threshold": self.count_threshold if self.last_counts is None else self.last_counts.threshold,
+            "size_bins": self.size_bins,
+        }

@@ -21,6 +21,11 @@ from beedet.evaluation.coco import (
     detections_to_coco,
     evaluate_coco,
     evaluate_records,
+    record_box_areas,
+    resolve_size_bins,
+    size_bin_edges,
+    size_bin_ranges,
+    stat_keys,
 )
 
 TOLERANCE = 1e-6
@@ -87,9 +92,15 @@ def _random_detections(rng, image_id, image_gt, width, height, category_ids) -> 
     ]
 
 
-def pycocotools_eval(ground_truth: dict, detections: list[dict]) -> COCOeval:
-    """The reference: plain pycocotools, console output swallowed. pycocotools' loadRes crashes
-    on an empty result list, so an empty result set is built by hand as loadRes would."""
+def pycocotools_eval(
+    ground_truth: dict,
+    detections: list[dict],
+    extra_area_ranges: list[tuple[str, float, float]] = (),
+    max_detections: int = 100,
+) -> COCOeval:
+    """The reference: plain pycocotools, console output swallowed, with ``extra_area_ranges``
+    appended to its area ranges and ``maxDets = [1, 10, max_detections]``. pycocotools' loadRes
+    crashes on an empty result list, so an empty result set is built by hand as loadRes would."""
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt = COCO()
         coco_gt.dataset = copy.deepcopy(ground_truth)
@@ -101,6 +112,9 @@ def pycocotools_eval(ground_truth: dict, detections: list[dict]) -> COCOeval:
             coco_dt.dataset = {**copy.deepcopy(ground_truth), "annotations": []}
             coco_dt.createIndex()
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.areaRng = [*evaluator.params.areaRng, *([lo, hi] for _, lo, hi in extra_area_ranges)]
+        evaluator.params.areaRngLbl = [*evaluator.params.areaRngLbl, *(name for name, _, _ in extra_area_ranges)]
+        evaluator.params.maxDets = [1, 10, max_detections]
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -213,7 +227,7 @@ def test_to_dict_is_plain_json() -> None:
     summary = evaluate_coco(ground_truth, detections).to_dict()
 
     assert json.loads(json.dumps(summary)) == summary
-    assert set(summary) == {*STAT_KEYS, "per_class_AP", "per_class_AP50"}
+    assert set(summary) == {*STAT_KEYS, "per_class_AP", "per_class_AP50"}  # pycocotools' keys only
     assert all(type(summary[key]) is float for key in STAT_KEYS)
     assert all(v is None or type(v) is float for v in summary["per_class_AP"].values())
 
@@ -294,3 +308,133 @@ def test_evaluate_records_uses_record_pixels_and_class_names() -> None:
     assert metrics.to_dict() == expected.to_dict()
     with pytest.raises(ValueError, match="3 records but 2 predictions"):
         evaluate_records(records, predictions[:2], class_names)
+
+
+# ---- size bins and maxDets ---------------------------------------------------------------------
+
+
+def _reference_mean(values: np.ndarray) -> float | None:
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else None
+
+
+@pytest.mark.parametrize(("seed", "max_detections"), [(0, 500), (3, 500), (9, 100), (10, 150)])
+def test_size_bins_and_max_detections_equal_pycocotools(seed: int, max_detections: int) -> None:
+    ground_truth, detections = random_case(seed)
+    areas = [a["area"] for a in ground_truth["annotations"]]
+    edges = size_bin_edges(areas, n_bins=3)
+    bins = size_bin_ranges(edges)
+    metrics = evaluate_coco(ground_truth, detections, area_bins=edges, max_detections=max_detections)
+    reference = pycocotools_eval(ground_truth, detections, bins, max_detections)
+
+    keys = stat_keys(max_detections)
+    assert list(metrics.stats) == list(keys) and metrics.max_detections == max_detections
+    # pycocotools' summarize reads stats[0] at a hard-coded maxDets of 100 (-1 for any other);
+    # every other summary number it reads at maxDets[2], as beedet reads all twelve.
+    precision, recall = reference.eval["precision"], reference.eval["recall"]
+    assert metrics.stats["mAP"] == pytest.approx(_reference_mean(precision[:, :, :, 0, -1]), abs=TOLERANCE)
+    if max_detections == 100:
+        assert metrics.stats["mAP"] == pytest.approx(reference.stats[0], abs=TOLERANCE)
+    for key, expected in list(zip(keys, reference.stats))[1:]:
+        assert metrics.stats[key] == pytest.approx(expected, abs=TOLERANCE), key
+    for k, name in enumerate(metrics.per_class_AP):
+        want = _reference_mean(precision[:, :, k, 0, -1])
+        assert (metrics.per_class_AP[name] is None) == (want is None)
+        if want is not None:
+            assert metrics.per_class_AP[name] == pytest.approx(want, abs=TOLERANCE)
+
+    assert [b.name for b in metrics.size_bins] == [name for name, _, _ in bins]
+    for a, size_bin in enumerate(metrics.size_bins, start=4):  # after all/small/medium/large
+        assert size_bin.AP == pytest.approx(_reference_mean(precision[:, :, :, a, -1]), abs=TOLERANCE)
+        assert size_bin.AP50 == pytest.approx(_reference_mean(precision[0, :, :, a, -1]), abs=TOLERANCE)
+        assert size_bin.recall50 == pytest.approx(_reference_mean(recall[0, :, a, -1]), abs=TOLERANCE)
+        inside = [x for x in ground_truth["annotations"] if not x["iscrowd"] and size_bin.min_area <= x["area"] <= size_bin.max_area]
+        assert size_bin.num_gt == len(inside) > 0
+    assert metrics.size_bins[0].min_area == 0.0 and metrics.size_bins[-1].max_area == 1e10
+
+
+def test_size_bins_leave_the_standard_numbers_unchanged() -> None:
+    ground_truth, detections = random_case(11)
+    plain = evaluate_coco(ground_truth, detections)
+    edges = size_bin_edges([a["area"] for a in ground_truth["annotations"]], n_bins=4)
+    binned = evaluate_coco(ground_truth, detections, area_bins=edges)
+
+    assert len(edges) == 3 and len(binned.size_bins) == 4
+    assert binned.stats == plain.stats
+    assert binned.per_class_AP == plain.per_class_AP and binned.per_class_AP50 == plain.per_class_AP50
+    for name, curve in plain.pr_curves.items():
+        np.testing.assert_array_equal(binned.pr_curves[name].precision, curve.precision)
+    summary = binned.to_dict()
+    assert json.loads(json.dumps(summary)) == summary
+    assert [b["name"] for b in summary["size_bins"]] == [b.name for b in binned.size_bins]
+    assert set(summary["size_bins"][0]) == {"name", "min_area", "max_area", "AP", "AP50", "recall50", "num_gt"}
+    assert "max_detections" not in summary
+    wide = evaluate_coco(ground_truth, detections, max_detections=300).to_dict()
+    assert wide["max_detections"] == 300 and "AR300" in wide and "size_bins" not in wide
+
+
+def test_more_detections_per_image_find_more_objects() -> None:
+    # A crowded frame: 150 bees on a grid, each found exactly; maxDets 100 keeps only 100 of them.
+    boxes = [[20.0 * (i % 15), 20.0 * (i // 15), 10.0, 10.0] for i in range(150)]
+    ground_truth = {
+        "images": [{"id": 1, "width": 400, "height": 400}],
+        "annotations": [
+            {"id": i + 1, "image_id": 1, "category_id": 1, "bbox": box, "area": 100.0, "iscrowd": 0}
+            for i, box in enumerate(boxes)
+        ],
+        "categories": [{"id": 1, "name": "bee"}],
+    }
+    detections = [{"image_id": 1, "category_id": 1, "bbox": box, "score": 1.0 - i / 1000} for i, box in enumerate(boxes)]
+    capped = evaluate_coco(ground_truth, detections)
+    full = evaluate_coco(ground_truth, detections, max_detections=500)
+
+    assert "AR100" in capped.stats and "AR500" not in capped.stats
+    assert "AR500" in full.stats and "AR100" not in full.stats
+    assert capped.stats["AR100"] == pytest.approx(100 / 150) and full.stats["AR500"] == pytest.approx(1.0)
+    assert full.stats["mAP"] == pytest.approx(1.0) and capped.stats["mAP"] < 0.7
+    assert full.stats["AR10"] == capped.stats["AR10"] == pytest.approx(10 / 150)
+    with pytest.raises(ValueError, match="max_detections must be > 10"):
+        evaluate_coco(ground_truth, detections, max_detections=10)
+
+
+def test_size_bin_edges_split_training_areas_into_equal_shares() -> None:
+    rng = np.random.default_rng(0)
+    areas = rng.uniform(20, 80, size=300) ** 2
+    edges = size_bin_edges(areas, n_bins=3)
+    counts = np.histogram(areas, bins=[0, *edges, np.inf])[0]
+    assert counts.tolist() == [100, 100, 100]
+    assert size_bin_edges([1.0, 2, 3, 4, 5, 6, 7], n_bins=2) == [4.0]
+    assert size_bin_edges([100.0] * 10, n_bins=3) == [100.0]  # repeated edges merge
+    assert size_bin_edges([], n_bins=3) == [] and size_bin_edges(areas, n_bins=1) == []
+
+
+def test_size_bin_ranges_names_and_checks() -> None:
+    assert size_bin_ranges([31.0**2, 52.0**2]) == [
+        ("0-31px", 0.0, 961.0),
+        ("31-52px", 961.0, 2704.0),
+        ("over52px", 2704.0, 1e10),
+    ]
+    names = [n for n, _, _ in size_bin_ranges([100.0, 110.0])]
+    assert names == ["0-10.0px", "10.0-10.5px", "over10.5px"]
+    assert size_bin_ranges([]) == []
+    for bad in ([0.0, 5.0], [5.0, 5.0], [9.0, 4.0], [float("nan")]):
+        with pytest.raises(ValueError, match="increasing positive"):
+            size_bin_ranges(bad)
+
+
+def test_record_box_areas_are_coco_areas() -> None:
+    records = [
+        ImageRecord("a.jpg", 640, 480, boxes=[[10, 10, 60, 40], [0, 0, 2, 3]], labels=[0, 1]),
+        ImageRecord("b.jpg", 320, 240),
+    ]
+    np.testing.assert_allclose(record_box_areas(records), [1500.0, 6.0])
+    assert record_box_areas([]).shape == (0,)
+
+
+def test_resolve_size_bins_reads_the_evaluation_setting() -> None:
+    areas = np.arange(1.0, 10.0)
+    assert resolve_size_bins(3, areas) == size_bin_edges(areas, 3) and len(resolve_size_bins(3, areas)) == 2
+    assert resolve_size_bins([1024, 4096], areas) == [1024.0, 4096.0]  # fixed edges ignore the data
+    assert resolve_size_bins(None, areas) is None
+    with pytest.raises(ValueError, match="increasing positive"):
+        resolve_size_bins([4096, 1024], areas)

@@ -27,7 +27,7 @@ def test_run_dir_artifacts(trained_run: Path):
     assert (trained_run / "checkpoints" / "last.ckpt").is_file()
     assert "## " in (trained_run / "data_report.md").read_text()
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    for key in ("mAP", "AP50", "AP75", "AP_small", "AR100", "per_class_AP", "per_class_AP50"):
+    for key in ("mAP", "AP50", "AP75", "AP_small", "AR1000", "per_class_AP", "per_class_AP50"):
         assert key in metrics
     assert set(metrics["per_class_AP"]) == {"bee", "drone", "pollenbee", "queen"}
     assert 0.0 <= metrics["mAP"] <= 1.0
@@ -42,7 +42,7 @@ def test_tensorboard_tags(trained_run: Path):
     acc.Reload()
     tags = acc.Tags()
     scalars = set(tags["scalars"])
-    for tag in ("train/loss", "train/loss_classification", "train/loss_box", "val/mAP", "val/AP50", "val/AP75", "val/AP_small", "val/AR100", "val/AP/bee"):
+    for tag in ("train/loss", "train/loss_classification", "train/loss_box", "val/mAP", "val/AP50", "val/AP75", "val/AP_small", "val/AR1000", "val/AP/bee"):
         assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
     assert any(t.startswith("lr-") for t in scalars), sorted(scalars)
     images = set(tags["images"])

@@ -18,7 +18,8 @@ from beedet.data.checks import check_records
 from beedet.data.dataset import DetectionDataset, collate_detection
 from beedet.data.records import DataError, ImageRecord, LabelSet
 from beedet.data.report import DataReport
-from beedet.data.splits import subset, train_val_split
+from beedet.data.sampling import RepeatFactorSampler, RepeatFactors, repeat_factors
+from beedet.data.splits import compile_group_pattern, leaked_val_images, subset, train_val_split
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,17 @@ class BeeDataModule(pl.LightningDataModule):
         subset_fraction: keep only this random fraction of the training images (seeded).
         val_fraction: the share of images split off for validation when ``val`` is None.
         seed: seeds the subset and the split (independent of the training seed).
+        group_by: a regex on image file names whose match (named group ``group``, else group 1,
+            else the whole match) keys groups of related images, e.g. frames of one video; the
+            split keeps each group on one side, and with a ``val`` source the val images sharing
+            a group with training images are counted (logged, and in the val report). ``None``:
+            every image on its own. See ``beedet.data.splits``.
         strict: stop on any bad record instead of skipping and counting it.
         verify_images: decode every image once up front so corrupt files are reported early.
+        repeat_factor_threshold: rare-class sampling: with a threshold t, each training epoch shows
+            images holding a class found in fewer than a fraction t of the images more often
+            (LVIS repeat-factor sampling, ``beedet.data.sampling``, seeded by ``seed`` and the
+            epoch). ``None``: every image once per epoch, plainly shuffled.
     """
 
     def __init__(
@@ -58,10 +68,12 @@ class BeeDataModule(pl.LightningDataModule):
         subset_fraction: float = 1.0,
         val_fraction: float = 0.2,
         seed: int = 0,
+        group_by: str | None = None,
         strict: bool = False,
         verify_images: bool = True,
         batch_size: int = 16,
         num_workers: int = 2,
+        repeat_factor_threshold: float | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < subset_fraction <= 1.0:
@@ -73,10 +85,17 @@ class BeeDataModule(pl.LightningDataModule):
         self.subset_fraction = subset_fraction
         self.val_fraction = val_fraction
         self.seed = seed
+        if group_by is not None:
+            compile_group_pattern(group_by)  # a bad regex fails here, not after reading every label
+        self.group_by = group_by
         self.strict = strict
         self.verify_images = verify_images
         self.batch_size = batch_size
         self.num_workers = num_workers
+        if repeat_factor_threshold is not None and not repeat_factor_threshold > 0:
+            raise ValueError(f"data.repeat_factor_threshold must be > 0 or null, got {repeat_factor_threshold}")
+        self.repeat_factor_threshold = repeat_factor_threshold
+        self.repeat_factors: RepeatFactors | None = None  # computed with the first training loader
 
         self.class_names: list[str] = []
         self.train_records: list[ImageRecord] = []
@@ -100,7 +119,8 @@ class BeeDataModule(pl.LightningDataModule):
             train_records, val_records = train_set.records, val_set.records
             val_problems = val_set.problems
         else:
-            train_records, val_records = train_val_split(train_set.records, self.val_fraction, self.seed)
+            train_records, val_records = train_val_split(train_set.records, self.val_fraction, self.seed,
+                                                         group_by=self.group_by)
             val_problems = []
 
         if self.subset_fraction < 1.0:
@@ -118,6 +138,15 @@ class BeeDataModule(pl.LightningDataModule):
             "train": DataReport.from_label_set(LabelSet(train_records, self.class_names, train_set.problems), name="train"),
             "val": DataReport.from_label_set(LabelSet(val_records, self.class_names, val_problems), name="val"),
         }
+        if self.val_source is not None and self.group_by is not None:
+            # A given split is used as it is, but val images from the same video (or photo) as a
+            # training image make val scores optimistic: say how many there are.
+            leaked = leaked_val_images(train_records, val_records, self.group_by)
+            self.reports["val"].shared_group_images = len(leaked)
+            if leaked:
+                log.warning("%d of %d val images share a data.group_by group with training images (e.g. %s); "
+                            "val scores are optimistic", len(leaked), len(val_records),
+                            ", ".join(r.image_path.name for r in leaked[:3]))
 
     def _read_checked(self, source: LabelSource) -> LabelSet:
         label_set = check_records(source.read(), verify_images=self.verify_images)
@@ -138,20 +167,33 @@ class BeeDataModule(pl.LightningDataModule):
         self.val_dataset = DetectionDataset(self.val_records, None)
 
     def train_dataloader(self) -> DataLoader:
-        # Under DDP each rank sees only its share of the images: drop a ragged last batch only
-        # when a rank still has a full one, or a small dataset would train zero steps.
+        sampler = self._repeat_factor_sampler() if self.repeat_factor_threshold is not None else None
+        # Under DDP each rank sees only its share of the samples: drop a ragged last batch only
+        # when a rank still has a full one, or a small dataset would train zero steps. Lightning
+        # shards the repeat-factor sampler's list per rank (DistributedSamplerWrapper) and passes
+        # it each epoch's number through set_epoch.
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        per_rank = -(-len(self.train_dataset) // world_size)
+        per_rank = -(-(len(sampler) if sampler is not None else len(self.train_dataset)) // world_size)
         return DataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            shuffle=True,
+            shuffle=sampler is None,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_detection,
             # Workers outlive the epoch: respawning them costs seconds per epoch on small data.
             persistent_workers=self.num_workers > 0,
             drop_last=per_rank > self.batch_size,
         )
+
+    def _repeat_factor_sampler(self) -> RepeatFactorSampler:
+        """Repeat-factor sampling over the training records; logs the per-class numbers once."""
+        if self.repeat_factors is None:
+            self.repeat_factors = repeat_factors(
+                [r.labels for r in self.train_records], len(self.class_names), self.repeat_factor_threshold
+            )
+            log.info("%s", self.repeat_factors.table(self.class_names))
+        return RepeatFactorSampler(self.repeat_factors.image_factor, seed=self.seed)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(

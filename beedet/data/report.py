@@ -21,6 +21,7 @@ PERCENTILES = (5, 10, 25, 50, 75, 90, 95)
 # Upper bounds of the "images by number of boxes" buckets; crowded hive frames reach hundreds.
 _BUCKETS = ((0, "0"), (1, "1"), (5, "2-5"), (10, "6-10"), (20, "11-20"), (50, "21-50"), (100, "51-100"))
 _CONSOLE_PROBLEMS = 20
+_SHARED_GROUP_LABEL = "images sharing a data.group_by group with train"
 _SIZE_MEASURES = (("width", "width"), ("height", "height"), ("sqrt_area", "sqrt(area)"))
 
 
@@ -42,6 +43,9 @@ class DataReport:
     # "WxH" -> number of images, most common first.
     image_sizes: dict[str, int]
     problems: list[Problem] = field(default_factory=list)
+    # Val only, when data.group_by is set and val comes from its own source: images that share a
+    # group (e.g. a video) with some training image. None: not measured.
+    shared_group_images: int | None = None
 
     @classmethod
     def from_label_set(cls, label_set: LabelSet, name: str = "") -> "DataReport":
@@ -84,6 +88,7 @@ class DataReport:
             "images_by_box_count": dict(self.images_by_box_count),
             "box_size_percentiles": {k: dict(v) for k, v in self.box_size_percentiles.items()},
             "image_sizes": dict(self.image_sizes),
+            "shared_group_images": self.shared_group_images,
             "problems": {
                 "total": len(self.problems),
                 "by_action": {action: [{"where": p.where, "reason": p.reason} for p in problems]
@@ -96,7 +101,10 @@ class DataReport:
         out = [f"## Data report{': ' + self.name if self.name else ''}", "", "| | |", "|---|---|",
                f"| images | {self.images} |", f"| boxes | {self.boxes} |",
                f"| empty images | {self.empty_images} |",
-               f"| boxes per image | {_summary_text(self.boxes_per_image)} |", ""]
+               f"| boxes per image | {_summary_text(self.boxes_per_image)} |"]
+        if self.shared_group_images is not None:
+            out.append(f"| {_SHARED_GROUP_LABEL} | {self.shared_group_images} |")
+        out.append("")
         out += ["### Boxes per class", "", "| class | boxes | share |", "|---|---:|---:|"]
         out += [f"| {name} | {n} | {_share(n, self.boxes)} |" for name, n in self.boxes_per_class.items()]
         out += ["", "### Images by number of boxes", "", "| boxes in image | images |", "|---|---:|"]
@@ -126,6 +134,8 @@ class DataReport:
                  "  boxes per class: " + ", ".join(f"{name} {n} ({_share(n, self.boxes)})"
                                                    for name, n in self.boxes_per_class.items()),
                  "  images by boxes in image: " + ", ".join(f"{b}: {n}" for b, n in self.images_by_box_count.items())]
+        if self.shared_group_images is not None:
+            lines.append(f"  {_SHARED_GROUP_LABEL}: {self.shared_group_images}")
         if self.box_size_percentiles:
             lines.append("  box size px      " + "".join(f"{'p' + str(p):>8}" for p in PERCENTILES))
             lines += [f"    {label:<14}" + "".join(f"{v:8.1f}" for v in self.box_size_percentiles[key].values())

@@ -1,5 +1,6 @@
-"""SSD detection networks for bees. Every builder returns a plain
-``torchvision.models.detection.ssd.SSD`` (an ``nn.Module``; no Lightning, no Hydra).
+"""SSD detection networks for bees. Every builder returns a :class:`BeeSSD`: torchvision's
+``torchvision.models.detection.ssd.SSD`` (an ``nn.Module``; no Lightning, no Hydra) with a
+choice of classification loss, and the same modules, state-dict keys and outputs.
 
 Contracts shared by every builder:
 
@@ -25,20 +26,32 @@ Every builder also takes the post-processing settings of ``SSD`` (``score_thresh
 positive for a ground-truth box in training; SSD's 0.5 by default, the configs lower it for small
 bees) and ``channels_last`` (default true: parameters stored NHWC, which trains faster on CPUs and
 GPUs; it changes no values and no state-dict keys).
+
+And the classification loss (``beedet.losses``; only training is affected):
+``classification_loss`` "hard_negative_ce" (torchvision's SSD loss: cross-entropy with 3:1 hard
+negative mining; the default, bit-identical to torchvision) or "focal" (softmax focal loss over all
+anchors, with ``focal_gamma`` and ``focal_alpha``; the builder then also initialises the
+classification bias to a foreground prior of ``beedet.losses.FOCAL_PRIOR``, as RetinaNet does), and
+``class_weights`` (one per foreground class, in beedet's class-id order; None: all 1), which
+multiply the loss of positive anchors of each class. The weights are not stored in the state dict.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 from torchvision.models import MobileNet_V3_Large_Weights, VGG16_Weights, WeightsEnum
 from torchvision.models.detection import ssd300_vgg16 as tv_ssd300_vgg16
 from torchvision.models.detection import ssdlite320_mobilenet_v3_large as tv_ssdlite320_mobilenet_v3_large
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
-from torchvision.models.detection.ssd import SSD, SSDHead
+from torchvision.models.detection.ssd import SSD, SSDHead, SSDScoringHead
 
+from beedet.losses import FOCAL_PRIOR, HardNegativeCrossEntropy, SoftmaxFocalLoss, build_classification_loss
 from beedet.models.backbones import (
     SSDFeatureExtractor,
     default_extra_channels,
@@ -60,6 +73,78 @@ SMALLEST_ANCHOR_PX = 10.0
 LARGEST_ANCHOR_SCALE = 1.05
 
 
+class BeeSSD(SSD):
+    """torchvision's ``SSD`` whose classification loss is a module (``beedet.losses``).
+
+    Everything but ``compute_loss`` is torchvision's: the same submodules and state-dict keys
+    (the loss holds no persistent state), the same anchor matching, box regression loss and
+    post-processing. ``classification_loss`` maps (cls_logits (B, A, K+1), cls_targets (B, A)
+    int64 in 0..K, 0 = background) to a summed loss; None gives torchvision's hard-negative-mined
+    cross-entropy with this SSD's ``neg_to_pos_ratio``. Other arguments are ``SSD``'s.
+    """
+
+    def __init__(self, *args: Any, classification_loss: nn.Module | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.classification_loss = (
+            classification_loss if classification_loss is not None else HardNegativeCrossEntropy(self.neg_to_pos_ratio)
+        )
+
+    def compute_loss(
+        self,
+        targets: list[dict[str, Tensor]],
+        head_outputs: dict[str, Tensor],
+        anchors: list[Tensor],
+        matched_idxs: list[Tensor],
+    ) -> dict[str, Tensor]:
+        """torchvision's SSD loss with the classification term from ``self.classification_loss``.
+
+        targets: per image ``boxes`` float (N, 4) xyxy in pixels of the *resized* input and
+        ``labels`` int64 (N,) in 1..K; head_outputs: ``bbox_regression`` (B, A, 4) and
+        ``cls_logits`` (B, A, K+1); anchors: per image (A, 4) xyxy in input pixels; matched_idxs:
+        per image (A,) index of the matched box, negative for none. Both losses are divided by
+        max(1, positive anchors in the batch), as torchvision does.
+        """
+        bbox_regression = head_outputs["bbox_regression"]
+        cls_logits = head_outputs["cls_logits"]
+
+        # Anchor targets and the box regression loss, as in torchvision's SSD.compute_loss.
+        num_foreground = 0
+        bbox_loss = []
+        cls_targets = []
+        for (
+            targets_per_image,
+            bbox_regression_per_image,
+            cls_logits_per_image,
+            anchors_per_image,
+            matched_idxs_per_image,
+        ) in zip(targets, bbox_regression, cls_logits, anchors, matched_idxs):
+            foreground_idxs_per_image = torch.where(matched_idxs_per_image >= 0)[0]
+            foreground_matched_idxs_per_image = matched_idxs_per_image[foreground_idxs_per_image]
+            num_foreground += foreground_matched_idxs_per_image.numel()
+
+            matched_gt_boxes_per_image = targets_per_image["boxes"][foreground_matched_idxs_per_image]
+            bbox_regression_per_image = bbox_regression_per_image[foreground_idxs_per_image, :]
+            anchors_per_image = anchors_per_image[foreground_idxs_per_image, :]
+            target_regression = self.box_coder.encode_single(matched_gt_boxes_per_image, anchors_per_image)
+            bbox_loss.append(
+                torch.nn.functional.smooth_l1_loss(bbox_regression_per_image, target_regression, reduction="sum")
+            )
+
+            gt_classes_target = torch.zeros(
+                (cls_logits_per_image.size(0),),
+                dtype=targets_per_image["labels"].dtype,
+                device=targets_per_image["labels"].device,
+            )
+            gt_classes_target[foreground_idxs_per_image] = targets_per_image["labels"][foreground_matched_idxs_per_image]
+            cls_targets.append(gt_classes_target)
+
+        N = max(1, num_foreground)
+        return {
+            "bbox_regression": torch.stack(bbox_loss).sum() / N,
+            "classification": self.classification_loss(cls_logits, torch.stack(cls_targets)) / N,
+        }
+
+
 def ssd_resnet(
     num_classes: int,
     *,
@@ -75,7 +160,11 @@ def ssd_resnet(
     topk_candidates: int = 400,
     iou_thresh: float = 0.5,
     channels_last: bool = True,
-) -> SSD:
+    classification_loss: str = "hard_negative_ce",
+    focal_gamma: float = 2.0,
+    focal_alpha: float | None = 0.25,
+    class_weights: Sequence[float] | None = None,
+) -> BeeSSD:
     """SSD on a ResNet-18/34/50 trunk, the design of NVIDIA's SSD300 v1.1 (and SageMaker's built-in
     object detector): ResNet through conv4_x with that stage's stride set to 1, then extra blocks
     down to 1x1. 300 px gives 6 maps (38, 19, 10, 5, 3, 1); 512 px gives 7 (64, 32, ..., 1), as SSD512.
@@ -104,6 +193,12 @@ def ssd_resnet(
             iou_thresh=iou_thresh,
         ),
         channels_last,
+        dict(
+            classification_loss=classification_loss,
+            focal_gamma=focal_gamma,
+            focal_alpha=focal_alpha,
+            class_weights=class_weights,
+        ),
     )
 
 
@@ -122,7 +217,11 @@ def ssd_resnet_slim(
     topk_candidates: int = 400,
     iou_thresh: float = 0.5,
     channels_last: bool = True,
-) -> SSD:
+    classification_loss: str = "hard_negative_ce",
+    focal_gamma: float = 2.0,
+    focal_alpha: float | None = 0.25,
+    class_weights: Sequence[float] | None = None,
+) -> BeeSSD:
     """A small SSD for training from scratch on a CPU (0.7 M parameters, 0.4 GFLOPs per 256 px image).
 
     Its network is built from torchvision ``BasicBlock``s (see ``backbones.slim_resnet``):
@@ -154,6 +253,12 @@ def ssd_resnet_slim(
             iou_thresh=iou_thresh,
         ),
         channels_last,
+        dict(
+            classification_loss=classification_loss,
+            focal_gamma=focal_gamma,
+            focal_alpha=focal_alpha,
+            class_weights=class_weights,
+        ),
     )
 
 
@@ -165,7 +270,8 @@ def _assemble_ssd(
     aspect_ratios: Sequence[Sequence[int]] | None,
     postprocess: dict[str, float | int],
     channels_last: bool,
-) -> SSD:
+    loss: dict[str, Any],
+) -> BeeSSD:
     """Backbone -> anchor generator -> head -> SSD, checking the contract between each pair."""
     if num_classes < 1:
         raise ValueError(f"num_classes counts foreground classes and must be >= 1, got {num_classes}")
@@ -183,7 +289,7 @@ def _assemble_ssd(
     head = SSDHead(backbone.out_channels, anchors.num_anchors_per_location(), num_classes + 1)
     check_head(head, backbone.out_channels, anchors.num_anchors_per_location(), num_classes + 1)
 
-    model = SSD(
+    model = BeeSSD(
         backbone,
         anchors,
         (image_size, image_size),
@@ -193,7 +299,7 @@ def _assemble_ssd(
         head=head,
         **postprocess,
     )
-    return _in_memory_format(model, channels_last)
+    return _in_memory_format(_with_classification_loss(model, num_classes, **loss), channels_last)
 
 
 def check_feature_maps(backbone: nn.Module, image_size: int, expected_sides: list[int]) -> None:
@@ -276,7 +382,11 @@ def ssd300_vgg16(
     topk_candidates: int = 400,
     iou_thresh: float = 0.5,
     channels_last: bool = True,
-) -> SSD:
+    classification_loss: str = "hard_negative_ce",
+    focal_gamma: float = 2.0,
+    focal_alpha: float | None = 0.25,
+    class_weights: Sequence[float] | None = None,
+) -> BeeSSD:
     """torchvision's SSD300 (VGG-16, 6 maps from 38x38) fitted to beedet's contract: ``num_classes``
     counts foreground classes, ``image_size`` must be 300 (the architecture is fixed to it).
     ``pretrained_backbone`` loads ``VGG16_Weights.IMAGENET1K_FEATURES`` (torchvision then freezes
@@ -293,7 +403,15 @@ def ssd300_vgg16(
         topk_candidates=topk_candidates,
         iou_thresh=iou_thresh,
     )
-    return _in_memory_format(_with_anchor_scales(model, anchor_scales), channels_last)
+    model = _with_classification_loss(
+        _as_bee_ssd(_with_anchor_scales(model, anchor_scales), num_classes),
+        num_classes,
+        classification_loss=classification_loss,
+        focal_gamma=focal_gamma,
+        focal_alpha=focal_alpha,
+        class_weights=class_weights,
+    )
+    return _in_memory_format(model, channels_last)
 
 
 def ssdlite320_mobilenet_v3_large(
@@ -308,7 +426,11 @@ def ssdlite320_mobilenet_v3_large(
     topk_candidates: int = 400,
     iou_thresh: float = 0.5,
     channels_last: bool = True,
-) -> SSD:
+    classification_loss: str = "hard_negative_ce",
+    focal_gamma: float = 2.0,
+    focal_alpha: float | None = 0.25,
+    class_weights: Sequence[float] | None = None,
+) -> BeeSSD:
     """torchvision's SSDlite320 (MobileNetV3-Large) fitted to beedet's contract; ``image_size`` must
     be 320. Its first map is at stride 16 (20x20), coarse for bees under ~20 px. ``pretrained_backbone``
     loads ``MobileNet_V3_Large_Weights.IMAGENET1K_V1`` (and, as torchvision does, then keeps the full
@@ -325,7 +447,15 @@ def ssdlite320_mobilenet_v3_large(
         topk_candidates=topk_candidates,
         iou_thresh=iou_thresh,
     )
-    return _in_memory_format(_with_anchor_scales(model, anchor_scales), channels_last)
+    model = _with_classification_loss(
+        _as_bee_ssd(_with_anchor_scales(model, anchor_scales), num_classes),
+        num_classes,
+        classification_loss=classification_loss,
+        focal_gamma=focal_gamma,
+        focal_alpha=focal_alpha,
+        class_weights=class_weights,
+    )
+    return _in_memory_format(model, channels_last)
 
 
 def _require_size(builder: str, image_size: int, fixed: int) -> None:
@@ -342,7 +472,76 @@ def _with_anchor_scales(model: SSD, anchor_scales: Sequence[float] | None) -> SS
     return model
 
 
-def _in_memory_format(model: SSD, channels_last: bool) -> SSD:
+def _as_bee_ssd(model: SSD, num_classes: int) -> BeeSSD:
+    """A ``BeeSSD`` made of ``model``'s own parts (torchvision's builders construct a plain ``SSD``):
+    the same modules, so the same state-dict keys and values, and the same transform, matcher and
+    post-processing settings. ``num_classes`` counts foreground classes."""
+    transform = model.transform
+    bee = BeeSSD(
+        model.backbone,
+        model.anchor_generator,
+        transform.fixed_size,
+        num_classes + 1,
+        image_mean=list(transform.image_mean),
+        image_std=list(transform.image_std),
+        head=model.head,
+        score_thresh=model.score_thresh,
+        nms_thresh=model.nms_thresh,
+        detections_per_img=model.detections_per_img,
+        iou_thresh=model.proposal_matcher.high_threshold,
+        topk_candidates=model.topk_candidates,
+        positive_fraction=1.0 / (1.0 + model.neg_to_pos_ratio),
+    )
+    bee.transform = transform  # exactly torchvision's (its sizes and any extra settings)
+    return bee
+
+
+def _with_classification_loss(
+    model: BeeSSD,
+    num_classes: int,
+    *,
+    classification_loss: str,
+    focal_gamma: float,
+    focal_alpha: float | None,
+    class_weights: Sequence[float] | None,
+) -> BeeSSD:
+    """Give ``model`` the named classification loss (see ``beedet.losses``); for the focal loss,
+    also start the classification head at RetinaNet's foreground prior."""
+    if class_weights is not None and len(class_weights) != num_classes:
+        raise ValueError(f"class_weights needs one weight per foreground class ({num_classes}), got {list(class_weights)}")
+    model.classification_loss = build_classification_loss(
+        classification_loss,
+        neg_to_pos_ratio=model.neg_to_pos_ratio,
+        focal_gamma=focal_gamma,
+        focal_alpha=focal_alpha,
+        class_weights=class_weights,
+    )
+    if isinstance(model.classification_loss, SoftmaxFocalLoss):
+        init_foreground_prior(model.head.classification_head, FOCAL_PRIOR)
+    return model
+
+
+def init_foreground_prior(classification_head: SSDScoringHead, prior: float) -> None:
+    """Set the bias of each level's last classification conv so that, for features near zero, the
+    softmax gives every anchor foreground probability ``prior`` (split evenly over the K classes):
+    background bias log(K (1 - prior) / prior), class biases 0. Lin et al. 2017, sec. 3.3. The
+    conv's output channels are laid out anchor-major, ``num_columns`` (K + 1) scores per anchor."""
+    if not 0.0 < prior < 1.0:
+        raise ValueError(f"prior must be in (0, 1), got {prior}")
+    columns = classification_head.num_columns
+    background_bias = math.log((columns - 1) * (1.0 - prior) / prior)
+    for level, module in enumerate(classification_head.module_list):
+        convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+        last = convs[-1] if convs else None
+        if last is None or last.bias is None or last.out_channels % columns:
+            raise RuntimeError(f"classification head level {level} does not end in a biased conv of {columns}-column scores")
+        with torch.no_grad():
+            bias = last.bias.view(-1, columns)
+            bias[:, 0] = background_bias
+            bias[:, 1:] = 0.0
+
+
+def _in_memory_format(model: BeeSSD, channels_last: bool) -> BeeSSD:
     # NHWC conv weights make oneDNN (CPU) and cuDNN pick faster kernels: training the slim SSD on
     # 2 CPU threads took about a third less time. Values and state-dict keys are unchanged.
     return model.to(memory_format=torch.channels_last) if channels_last else model

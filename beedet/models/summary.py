@@ -16,20 +16,19 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 import torch.nn as nn
-from hydra import compose, initialize_config_dir
 from torch import Tensor
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD
 
 from beedet.assembly import build_network
+from beedet.compose import compose_train_config, split_int_options
 from beedet.models.ssd import input_size
+from beedet.text_table import text_table
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 DEFAULT_NUM_CLASSES = 4
 DEFAULT_DEPTH = 3
 USAGE = __doc__
@@ -58,7 +57,7 @@ def summarize(model: nn.Module, image_size: int, max_depth: int = DEFAULT_DEPTH)
 
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    lines = _table(["Layer (type)", "Output shape", "Param #"], [(a, b, _count(c)) for a, b, c in rows], right=(2,))
+    lines = text_table(["Layer (type)", "Output shape", "Param #"], [(a, b, _count(c)) for a, b, c in rows], right=(2,))
     lines += [
         f"Total params: {total:,}",
         f"Trainable params: {trainable:,}",
@@ -161,7 +160,7 @@ def _feature_map_lines(model: SSD, image_size: int, maps: list[Tensor], anchors:
     header = ["Map", "Shape (C x H x W)", "Cell px", "Anchors/cell", "Anchors", "Square anchor sides px"]
     return [
         f"Feature maps fed to the SSD head ({len(maps)}):",
-        *_table(header, rows, right=(2, 3, 4)),
+        *text_table(header, rows, right=(2, 3, 4)),
         f"Total anchors: {expected:,}",
     ]
 
@@ -177,38 +176,14 @@ def _count(value: int | None) -> str:
     return "--" if value is None else f"{value:,}"
 
 
-def _table(header: list[str], rows: list[tuple[str, ...]], right: tuple[int, ...] = ()) -> list[str]:
-    """Fixed-width text table; the columns numbered in ``right`` are right-aligned (numbers)."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-
-    def line(cells: tuple[str, ...] | list[str]) -> str:
-        return "  ".join(
-            str(c).rjust(w) if i in right else str(c).ljust(w) for i, (c, w) in enumerate(zip(cells, widths))
-        ).rstrip()
-
-    rule = "=" * max(len(line(header)), *(len(line(r)) for r in rows))
-    return [rule, line(header), rule, *(line(r) for r in rows), rule]
-
-
 def main(argv: list[str] | None = None) -> None:
     """Parse ``num_classes=`` and ``depth=``, pass everything else to Hydra, print the summary."""
     args = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return
-    options = {"num_classes": DEFAULT_NUM_CLASSES, "depth": DEFAULT_DEPTH}
-    overrides = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        if sep and key in options:
-            try:
-                options[key] = int(value)
-            except ValueError:
-                raise SystemExit(f"{key} must be an integer, got {value!r}") from None
-        else:
-            overrides.append(arg)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=overrides)
+    options, overrides = split_int_options(args, {"num_classes": DEFAULT_NUM_CLASSES, "depth": DEFAULT_DEPTH})
+    cfg = compose_train_config(overrides)
     model = build_network(cfg.model, options["num_classes"])
     print(f"{cfg.model._target_}  num_classes={options['num_classes']} (+1 background inside the network)")
     print(summarize(model, input_size(model), max_depth=options["depth"]))

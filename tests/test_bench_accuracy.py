@@ -1,0 +1,39 @@
+"""bench/accuracy_honeybee.py in its smallest size: it runs both experiments end to end on
+honeybee-mini and writes a well-formed result file. (Timings and accuracy are the benchmark's
+business, not the tests'.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_smallest_size_writes_well_formed_results(tmp_path, honeybee_mini):
+    out = tmp_path / "results"
+    cmd = [
+        sys.executable, str(REPO / "bench" / "accuracy_honeybee.py"),
+        "--quick", "--images-seen", "4", "--batch-size", "2", "--num-workers", "0",
+        "--data-root", str(honeybee_mini), "--out", str(out), "--work-dir", str(tmp_path / "work"),
+        "--device-name", "test",
+        # An untrained network scores every anchor near 1/5: keep its sliced validation quick.
+        "--extra", "model.score_thresh=0.3",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((out / "accuracy_honeybee-test.json").read_text())
+    assert results["benchmark"] == "accuracy_honeybee" and results["mode"] == "quick"
+    assert results["device"] and results["machine"]["torch"]
+    assert list(results["experiments"]) == ["wholeframe_ssd300", "tiled_ssd300_sliced"]
+    for name, r in results["experiments"].items():
+        assert r["images_seen"] == 4 and r["wall_s"] > 0
+        assert 0.0 <= r["AP50"] <= 1.0 and -1.0 <= r["mAP"] <= 1.0
+        assert set(r["per_class_AP"]) == {"bee", "drone", "pollenbee", "queen"}
+        assert r["count_MAE"] is not None and r["count_MAE"] >= 0
+        assert len(r["size_bins"]) == 3
+    assert "xbase" in proc.stdout and "wrote" in proc.stdout

@@ -1,0 +1,152 @@
+"""Repeat-factor sampling for rare classes (beedet.data.sampling) and its use by BeeDataModule."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
+from torch.utils.data import RandomSampler
+
+from beedet.assembly import build_datamodule
+from beedet.data.sampling import RepeatFactorSampler, epoch_length, repeat_factors
+from conftest import TINY_SYNTHETIC, compose_config, overriding
+
+# Ten images, four classes: class 0 in 8 images, class 1 in 2, class 2 in 1, class 3 in none;
+# image 9 has no boxes.
+LABELS = [
+    np.array([0, 0, 0]),
+    np.array([0, 1]),
+    np.array([0]),
+    np.array([0, 0, 2, 1]),
+    np.array([0]),
+    np.array([0, 0]),
+    np.array([0]),
+    np.array([0]),
+    np.array([1]),
+    np.array([], dtype=np.int64),
+]
+
+
+def test_repeat_factors_follow_the_lvis_formula():
+    t = 0.5
+    factors = repeat_factors(LABELS, num_classes=4, threshold=t)
+
+    fraction = [8 / 10, 3 / 10, 1 / 10, 0.0]
+    np.testing.assert_allclose(factors.class_image_fraction, fraction)
+    expected_class = [1.0, math.sqrt(t / 0.3), math.sqrt(t / 0.1)]  # max(1, sqrt(t / f))
+    np.testing.assert_allclose(factors.class_factor[:3], expected_class)
+    assert np.isnan(factors.class_factor[3])  # in no image
+
+    r0, r1, r2 = expected_class
+    expected_image = [r0, r1, r0, r2, r0, r0, r0, r0, r1, 1.0]  # max over the image's classes; 1 if empty
+    np.testing.assert_allclose(factors.image_factor, expected_image)
+
+    # Shares after sampling: weighted by the image factors.
+    total = sum(expected_image)
+    assert factors.expected_image_share[1] == pytest.approx((2 * r1 + r2) / total)
+    box_counts = np.array([[np.sum(l == c) for c in range(4)] for l in LABELS])
+    sampled = (np.array(expected_image)[:, None] * box_counts).sum(axis=0)
+    np.testing.assert_allclose(factors.expected_box_share, sampled / sampled.sum())
+    np.testing.assert_allclose(factors.box_share, box_counts.sum(axis=0) / box_counts.sum())
+
+
+def test_threshold_below_every_fraction_repeats_nothing():
+    factors = repeat_factors(LABELS, num_classes=4, threshold=0.05)
+    np.testing.assert_array_equal(factors.image_factor, np.ones(len(LABELS)))
+    assert epoch_length(factors.image_factor) == len(LABELS)
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="threshold"):
+        repeat_factors(LABELS, 4, 0.0)
+    with pytest.raises(ValueError, match="class ids"):
+        repeat_factors([np.array([4])], 4, 0.5)
+    with pytest.raises(ValueError, match=">= 1"):
+        RepeatFactorSampler([1.0, 0.5])
+
+
+def test_epoch_length_is_fixed_and_every_image_is_drawn_about_r_times():
+    factors = np.array([1.0, 1.0, 1.5, 2.0, 2.7, 1.0, 1.2, 3.3])
+    sampler = RepeatFactorSampler(factors, seed=3)
+    assert len(sampler) == round(factors.sum()) == 14
+
+    counts = Counter()
+    epochs = 600
+    for epoch in range(epochs):
+        sampler.set_epoch(epoch)
+        drawn = list(sampler)
+        assert len(drawn) == len(sampler)
+        assert all(0 <= i < len(factors) for i in drawn)
+        counts.update(drawn)
+    per_epoch = np.array([counts[i] for i in range(len(factors))]) / epochs
+    # Draws scaled to the fixed length keep every image's rate at r_i (to sampling noise).
+    np.testing.assert_allclose(per_epoch / factors, 1.0, atol=0.05)
+    # Rare-class images (r = 3.3) come about 3.3 times as often as a plain one.
+    assert per_epoch[7] / per_epoch[0] == pytest.approx(3.3, rel=0.08)
+
+
+def test_set_epoch_changes_the_order_deterministically():
+    factors = np.linspace(1.0, 2.5, 40)
+    a, b = RepeatFactorSampler(factors, seed=7), RepeatFactorSampler(factors, seed=7)
+    assert list(a) == list(b)  # epoch 0 before any set_epoch
+    a.set_epoch(5)
+    b.set_epoch(5)
+    assert list(a) == list(b) == list(a)  # iterating again gives the same epoch
+    b.set_epoch(6)
+    assert list(a) != list(b)
+    assert list(RepeatFactorSampler(factors, seed=8)) != list(RepeatFactorSampler(factors, seed=7))
+
+
+def test_ddp_ranks_share_one_epoch_list():
+    """Lightning's DistributedSamplerWrapper iterates the sampler on every rank and keeps every
+    world_size-th position: the ranks together must cover exactly the sampler's epoch."""
+    factors = np.linspace(1.0, 3.0, 31)
+    base = RepeatFactorSampler(factors, seed=1)
+    ranks = [
+        DistributedSamplerWrapper(RepeatFactorSampler(factors, seed=1), num_replicas=2, rank=rank, shuffle=True, seed=0)
+        for rank in range(2)
+    ]
+    for epoch in (0, 3):
+        base.set_epoch(epoch)
+        for wrapper in ranks:
+            wrapper.set_epoch(epoch)  # forwarded to our sampler, as Lightning does each epoch
+        shards = [list(w) for w in ranks]
+        assert len(shards[0]) == len(shards[1]) == math.ceil(len(base) / 2)
+        expected = Counter(base.indices(epoch).tolist())
+        together = Counter(shards[0] + shards[1])
+        # DistributedSampler pads an odd total by repeating one position.
+        assert sum((together - expected).values()) == 2 * len(shards[0]) - len(base)
+        assert not expected - together
+
+
+def test_datamodule_uses_the_sampler_and_logs_the_shares(tmp_path: Path, caplog):
+    overrides = overriding(TINY_SYNTHETIC, f"data.root={tmp_path / 'synthetic'}", "data.verify_images=false")
+    cfg = compose_config([*overrides, "data.repeat_factor_threshold=2.0"])
+    datamodule = build_datamodule(cfg.data)
+    datamodule.setup("fit")
+    with caplog.at_level(logging.INFO, logger="beedet.data.datamodule"):
+        loader = datamodule.train_dataloader()
+        datamodule.train_dataloader()  # a reload does not log again
+    sampler = loader.sampler
+    assert isinstance(sampler, RepeatFactorSampler)
+    factors = repeat_factors([r.labels for r in datamodule.train_records], 4, 2.0)
+    np.testing.assert_allclose(sampler.repeat_factors, factors.image_factor)
+    assert len(sampler) == epoch_length(factors.image_factor) > len(datamodule.train_records)
+    assert len(loader) == len(sampler) // cfg.data.batch_size  # full batches only (drop_last)
+    tables = [r.getMessage() for r in caplog.records if "repeat-factor sampling" in r.getMessage()]
+    assert len(tables) == 1 and "queen" in tables[0]
+
+    plain = build_datamodule(compose_config(overrides).data)
+    plain.setup("fit")
+    assert isinstance(plain.train_dataloader().sampler, RandomSampler)
+
+
+def test_threshold_must_be_positive(tmp_path: Path):
+    cfg = compose_config(["data.repeat_factor_threshold=0"])
+    with pytest.raises(Exception, match="repeat_factor_threshold"):
+        build_datamodule(cfg.data)
