@@ -13,7 +13,8 @@ command; every other argument is a Hydra override of the real ``conf/`` (compose
 Boxes are taken to the network's input scale S the way training sees them: by default the whole
 frame is squashed to S x S (x * S / W, y * S / H); with ``tile_size=N`` training crops N frame
 pixels and resizes them to S, so boxes scale by S / N and keep their aspect (see
-:func:`input_boxes` for where a box then lies in the tile). Boxes under 1 px after scaling are
+:func:`input_boxes` for where a box then lies in the tile). A tiled configuration
+(``slicing=tiles``, e.g. ``+experiment=honeybee_tiled``) implies ``tile_size=slicing.tile_size``. Boxes under 1 px after scaling are
 skipped and counted.
 
 The network is built by ``beedet.assembly.build_network`` exactly as ``train.py`` builds it (no
@@ -42,7 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import Tensor
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.image_list import ImageList
@@ -354,6 +355,10 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("tile_size and max_images must be positive integers")
 
     cfg = compose_train_config(overrides)
+    if tile_size is None and cfg.get("slicing"):
+        # A tiled configuration (slicing=tiles, e.g. +experiment=honeybee_tiled) trains and
+        # predicts on tiles: score the anchors at the tile scale it uses.
+        tile_size = int(OmegaConf.to_container(cfg.slicing, resolve=True)["tile_size"])
     if "anchor_scales" not in cfg.model:
         raise SystemExit(f"{cfg.model._target_} has no anchor_scales setting: nothing to propose")
     iou_thresh = float(cfg.model.get("iou_thresh", MATCH_IOU))

@@ -81,16 +81,22 @@ class HardNegativeCrossEntropy(_ClassWeighted):
     """torchvision's SSD classification loss: softmax cross-entropy on every positive anchor plus
     the ``neg_to_pos_ratio`` x (positives in that image) background anchors with the highest loss
     (hard negative mining, SSD's 3:1). An image without boxes therefore adds no classification
-    loss. With ``class_weights=None`` the result is bit-identical to
+    loss, unless ``min_negatives`` > 0: then every image contributes at least that many of its
+    hardest background anchors (empty background tiles in tiled training otherwise teach the
+    network nothing about what is not a bee). With ``class_weights=None`` and ``min_negatives=0``
+    the result is bit-identical to
     ``torchvision.models.detection.ssd.SSD.compute_loss``'s numerator; with weights, each
     positive's loss is multiplied by its class's weight (the mining ranks unweighted negatives).
     """
 
-    def __init__(self, neg_to_pos_ratio: float = 3.0, class_weights: Sequence[float] | None = None) -> None:
+    def __init__(self, neg_to_pos_ratio: float = 3.0, class_weights: Sequence[float] | None = None, min_negatives: int = 0) -> None:
         super().__init__(class_weights)
         if neg_to_pos_ratio < 0:
             raise ValueError(f"neg_to_pos_ratio must be >= 0, got {neg_to_pos_ratio}")
+        if min_negatives < 0:
+            raise ValueError(f"min_negatives must be >= 0, got {min_negatives}")
         self.neg_to_pos_ratio = neg_to_pos_ratio
+        self.min_negatives = int(min_negatives)
 
     def forward(self, cls_logits: Tensor, cls_targets: Tensor) -> Tensor:
         """Summed loss of positives and mined negatives; see the module docstring for shapes."""
@@ -102,6 +108,9 @@ class HardNegativeCrossEntropy(_ClassWeighted):
         )
         foreground = cls_targets > 0
         num_negative = self.neg_to_pos_ratio * foreground.sum(1, keepdim=True)
+        if self.min_negatives:
+            # Background tiles (no bees) would otherwise teach nothing: mine at least this many.
+            num_negative = num_negative.clamp(min=self.min_negatives)
         negative_loss = cls_loss.clone()
         negative_loss[foreground] = -float("inf")  # positives sort last, never mined as negatives
         _, order = negative_loss.sort(1, descending=True)
@@ -162,10 +171,12 @@ def build_classification_loss(
     focal_gamma: float = 2.0,
     focal_alpha: float | None = 0.25,
     class_weights: Sequence[float] | None = None,
+    min_negatives: int = 0,
 ) -> HardNegativeCrossEntropy | SoftmaxFocalLoss:
-    """The loss named ``name`` (one of ``CLASSIFICATION_LOSSES``) with its settings."""
+    """The loss named ``name`` (one of ``CLASSIFICATION_LOSSES``) with its settings
+    (``min_negatives`` applies to hard_negative_ce only)."""
     if name == "hard_negative_ce":
-        return HardNegativeCrossEntropy(neg_to_pos_ratio, class_weights)
+        return HardNegativeCrossEntropy(neg_to_pos_ratio, class_weights, min_negatives)
     if name == "focal":
         return SoftmaxFocalLoss(focal_gamma, focal_alpha, class_weights)
     raise ValueError(f"classification_loss must be one of {CLASSIFICATION_LOSSES}, got {name!r}")

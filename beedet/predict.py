@@ -2,6 +2,11 @@
 
     python -m beedet.predict ckpt=PATH images=DIR [draw=true] [score_threshold=0.3]
 
+By default it keeps detections at or above the checkpoint's count threshold, the score that
+counted bees best on its validation split, so the per-class counts it writes are the counts whose
+error evaluate.py reports. Frames are sliced into tiles when the checkpoint was trained so
+(``slicing=tiles`` / ``slicing=none`` choose).
+
 For each image it writes ``detections/<relative path>.json`` (e.g. ``a.jpg.json``: the image's own
 suffix stays, so ``a.jpg`` and ``a.png`` never overwrite each other):
 ``{"image", "width", "height", "detections": [{"box": [x1, y1, x2, y2], "label", "class", "score"}],
@@ -28,6 +33,9 @@ from beedet.data.images import ImageError, find_images, load_image
 from beedet.visualize import draw_boxes, save_image
 
 log = logging.getLogger("beedet.predict")
+
+# The score threshold for checkpoints that carry no count threshold.
+FALLBACK_SCORE_THRESHOLD = 0.3
 
 def images_at(path: Path) -> list[Path]:
     """The image files at ``path``: the file itself, or the images in a folder (recursively)."""
@@ -74,6 +82,12 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     device = torch.device("cuda" if cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
     system, _ = load_system(cfg.ckpt, cfg.get("slicing"))
+    # Counts in the output should be the counts the checkpoint was validated on: by default keep
+    # the detections at or above its count threshold (chosen on its validation split).
+    threshold = cfg.score_threshold
+    if threshold is None:
+        threshold = system.count_threshold if system.count_threshold is not None else FALLBACK_SCORE_THRESHOLD
+    log.info("keeping detections with score >= %.2f", threshold)
     system.to(device)
     root = Path(cfg.images)
     paths = images_at(root)
@@ -82,12 +96,12 @@ def main(cfg: DictConfig) -> None:
         tensors = [torch.from_numpy(img).permute(2, 0, 1).float().div(255) for _, img in batch]
         for (path, img), tensor, prediction in zip(batch, tensors, system.detect(tensors)):
             rel = path.relative_to(root) if root.is_dir() else Path(path.name)
-            record = detections_json(path, (img.shape[1], img.shape[0]), prediction, system.class_names, cfg.score_threshold)
+            record = detections_json(path, (img.shape[1], img.shape[0]), prediction, system.class_names, threshold)
             out = run_dir / "detections" / rel.with_name(rel.name + ".json")
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(record, indent=1))
             if cfg.draw:
-                keep = prediction["scores"] >= cfg.score_threshold
+                keep = prediction["scores"] >= threshold
                 drawn = draw_boxes(tensor, prediction["boxes"][keep].cpu(), prediction["labels"][keep].cpu(), system.class_names, prediction["scores"][keep].cpu())
                 save_image(drawn, run_dir / "drawn" / rel.with_name(rel.name + ".jpg"))
             written += 1

@@ -44,7 +44,7 @@ RARE_CLASS_VARIANTS: dict[str, list[str]] = {
     "tiled+focal": ["+experiment=honeybee_tiled", "model.classification_loss=focal"],
     "tiled+class_weights": ["+experiment=honeybee_tiled", "model.class_weight_power=0.5"],
 }
-BUDGETS = {"quick": 4000, "full": 60000}  # images seen per experiment
+BUDGETS = {"quick": 6000, "full": 60000}  # images seen per experiment
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rare-classes", action="store_true", help="also run the class-imbalance variants")
     parser.add_argument("--only", default=None, help="comma-separated experiment names to run")
     parser.add_argument("--data-root", type=Path, default=SHARED_DATA / "honeybee", help="the honeybee folder (train.manifest, valid.manifest)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 16 (quick) or 64 (full)")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on a CPU (more steps for the same images), 64 on a GPU")
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: 2, or 8 on a GPU)")
     parser.add_argument("--trainer", default=None, help="trainer config (default: gpu when CUDA is present, else cpu)")
     parser.add_argument("--extra", action="append", default=[], help="a Hydra override added to every experiment (repeatable)")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     mode = "quick" if args.quick else "full"
     images_seen = args.images_seen or BUDGETS[mode]
-    batch_size = args.batch_size or (64 if cuda and not args.quick else 16)
+    batch_size = args.batch_size or (64 if cuda else 8)
     num_workers = args.num_workers if args.num_workers is not None else (8 if cuda else 2)
     trainer = args.trainer or ("gpu" if cuda else "cpu")
     experiments = dict(EXPERIMENTS)

@@ -120,3 +120,10 @@ def test_cli_proposes_only_scales_for_models_without_aspect_ratios(
 def test_cli_needs_the_data_first(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit, match="DATA"):
         main(["model=ssd256_resnet_slim"])
+
+
+def test_cli_scores_a_tiled_experiment_at_its_tile_scale(honeybee_mini: Path, capsys: pytest.CaptureFixture) -> None:
+    # slicing=tiles (via the experiment) means training and inference see 300 px tiles, not frames.
+    main([str(honeybee_mini / "train.manifest"), "+experiment=honeybee_tiled"])
+    out = capsys.readouterr().out
+    assert "300 px tiles resized to 300 px" in out

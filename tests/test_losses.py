@@ -194,3 +194,16 @@ def test_train_py_with_rare_class_options_and_load_system(tmp_path: Path):
     assert system.net.classification_loss.label_weights is None  # weights only matter for training
     detections = system.detect([torch.rand(3, 256, 256)])
     assert len(detections) == 1
+
+
+def test_min_negatives_makes_images_without_boxes_teach_background():
+    logits = torch.randn(2, 50, NUM_CLASSES + 1)
+    targets = torch.zeros(2, 50, dtype=torch.int64)
+    targets[0, :3] = 1  # image 0: 3 positive anchors; image 1: background only (an empty tile)
+    plain = HardNegativeCrossEntropy()(logits, targets)
+    mined = HardNegativeCrossEntropy(min_negatives=8)(logits, targets)
+    ce = F.cross_entropy(logits[1], targets[1], reduction="none")
+    # torchvision's 3:1 mining takes nothing from the empty image; min_negatives takes its 8 hardest.
+    assert mined - plain == pytest.approx(float(ce.topk(8).values.sum()), rel=1e-5)
+    # Image 0 already mines 9 (3 x 3) > 8 negatives: unchanged there.
+    assert HardNegativeCrossEntropy(min_negatives=8)(logits[:1], targets[:1]) == HardNegativeCrossEntropy()(logits[:1], targets[:1])

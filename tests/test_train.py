@@ -86,3 +86,16 @@ def test_predict_writes_json_per_image(trained_run: Path, tmp_path: Path):
         assert 0 <= x1 <= x2 <= record["width"] and 0 <= y1 <= y2 <= record["height"]
     assert len(list((out_dir / "drawn").glob("*.jpg"))) == 3
     assert "broken.jpg" in proc.stderr + proc.stdout
+
+
+def test_predict_counts_at_the_checkpoint_count_threshold_by_default(trained_run: Path, tmp_path: Path):
+    import torch
+
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    threshold = torch.load(ckpt, map_location="cpu", weights_only=False)["beedet"]["count_threshold"]
+    assert threshold is not None
+    images = sorted((trained_run.parents[2] / "data" / "synthetic" / "val" / "images").glob("*.jpg"))[:1]
+    proc, out_dir = run_script(["beedet.predict", f"ckpt={ckpt}", f"images={images[0]}"], tmp_path)
+    assert f"keeping detections with score >= {threshold:.2f}" in proc.stdout + proc.stderr
+    record = json.loads(next((out_dir / "detections").glob("*.json")).read_text())
+    assert all(det["score"] >= round(threshold, 4) for det in record["detections"])

@@ -33,7 +33,9 @@ negative mining; the default, bit-identical to torchvision) or "focal" (softmax 
 anchors, with ``focal_gamma`` and ``focal_alpha``; the builder then also initialises the
 classification bias to a foreground prior of ``beedet.losses.FOCAL_PRIOR``, as RetinaNet does), and
 ``class_weights`` (one per foreground class, in beedet's class-id order; None: all 1), which
-multiply the loss of positive anchors of each class. The weights are not stored in the state dict.
+multiply the loss of positive anchors of each class, and ``min_negatives`` (hard_negative_ce: mine
+at least this many background anchors per image, so that training tiles without bees teach
+something; 0, the default, is torchvision's). The weights are not stored in the state dict.
 """
 
 from __future__ import annotations
@@ -163,6 +165,7 @@ def ssd_resnet(
     classification_loss: str = "hard_negative_ce",
     focal_gamma: float = 2.0,
     focal_alpha: float | None = 0.25,
+    min_negatives: int = 0,
     class_weights: Sequence[float] | None = None,
 ) -> BeeSSD:
     """SSD on a ResNet-18/34/50 trunk, the design of NVIDIA's SSD300 v1.1 (and SageMaker's built-in
@@ -197,6 +200,7 @@ def ssd_resnet(
             classification_loss=classification_loss,
             focal_gamma=focal_gamma,
             focal_alpha=focal_alpha,
+            min_negatives=min_negatives,
             class_weights=class_weights,
         ),
     )
@@ -220,6 +224,7 @@ def ssd_resnet_slim(
     classification_loss: str = "hard_negative_ce",
     focal_gamma: float = 2.0,
     focal_alpha: float | None = 0.25,
+    min_negatives: int = 0,
     class_weights: Sequence[float] | None = None,
 ) -> BeeSSD:
     """A small SSD for training from scratch on a CPU (0.7 M parameters, 0.4 GFLOPs per 256 px image).
@@ -257,6 +262,7 @@ def ssd_resnet_slim(
             classification_loss=classification_loss,
             focal_gamma=focal_gamma,
             focal_alpha=focal_alpha,
+            min_negatives=min_negatives,
             class_weights=class_weights,
         ),
     )
@@ -385,6 +391,7 @@ def ssd300_vgg16(
     classification_loss: str = "hard_negative_ce",
     focal_gamma: float = 2.0,
     focal_alpha: float | None = 0.25,
+    min_negatives: int = 0,
     class_weights: Sequence[float] | None = None,
 ) -> BeeSSD:
     """torchvision's SSD300 (VGG-16, 6 maps from 38x38) fitted to beedet's contract: ``num_classes``
@@ -409,6 +416,7 @@ def ssd300_vgg16(
         classification_loss=classification_loss,
         focal_gamma=focal_gamma,
         focal_alpha=focal_alpha,
+        min_negatives=min_negatives,
         class_weights=class_weights,
     )
     return _in_memory_format(model, channels_last)
@@ -429,6 +437,7 @@ def ssdlite320_mobilenet_v3_large(
     classification_loss: str = "hard_negative_ce",
     focal_gamma: float = 2.0,
     focal_alpha: float | None = 0.25,
+    min_negatives: int = 0,
     class_weights: Sequence[float] | None = None,
 ) -> BeeSSD:
     """torchvision's SSDlite320 (MobileNetV3-Large) fitted to beedet's contract; ``image_size`` must
@@ -453,6 +462,7 @@ def ssdlite320_mobilenet_v3_large(
         classification_loss=classification_loss,
         focal_gamma=focal_gamma,
         focal_alpha=focal_alpha,
+        min_negatives=min_negatives,
         class_weights=class_weights,
     )
     return _in_memory_format(model, channels_last)
@@ -504,6 +514,7 @@ def _with_classification_loss(
     focal_gamma: float,
     focal_alpha: float | None,
     class_weights: Sequence[float] | None,
+    min_negatives: int = 0,
 ) -> BeeSSD:
     """Give ``model`` the named classification loss (see ``beedet.losses``); for the focal loss,
     also start the classification head at RetinaNet's foreground prior."""
@@ -514,6 +525,7 @@ def _with_classification_loss(
         neg_to_pos_ratio=model.neg_to_pos_ratio,
         focal_gamma=focal_gamma,
         focal_alpha=focal_alpha,
+        min_negatives=min_negatives,
         class_weights=class_weights,
     )
     if isinstance(model.classification_loss, SoftmaxFocalLoss):
