@@ -3,6 +3,7 @@
     python bench/accuracy_honeybee.py --quick            # 2-core CPU, about 15 minutes
     python bench/accuracy_honeybee.py                    # full budget, for a GPU
     python bench/accuracy_honeybee.py --quick --rare-classes   # + class-imbalance variants
+    python bench/accuracy_honeybee.py --quick --rare-classes --only tiled+focal --append
 
 Every experiment gets the same budget of *images seen* (training samples drawn: a whole frame for
 whole-frame training, a tile for tiled training), so the comparison is about what the network is
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: 2, or 8 on a GPU)")
     parser.add_argument("--trainer", default=None, help="trainer config (default: gpu when CUDA is present, else cpu)")
     parser.add_argument("--extra", action="append", default=[], help="a Hydra override added to every experiment (repeatable)")
+    parser.add_argument("--append", action="store_true", help="add to the device's existing result file (same mode and budget) instead of replacing it")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "bench")
     parser.add_argument("--device-name", default=None, help="names the result file (default: from the machine)")
@@ -97,6 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         "batch_size": batch_size,
         "experiments": {},
     }
+    out = args.out / f"accuracy_honeybee-{device_name}.json"
+    if args.append and out.is_file():
+        previous = json.loads(out.read_text())
+        if (previous["mode"], previous["images_seen_budget"], previous["batch_size"]) != (mode, steps * batch_size, batch_size):
+            parser.error(f"{out} holds a {previous['mode']} run of {previous['images_seen_budget']} images at batch "
+                         f"{previous['batch_size']}: not comparable, run without --append")
+        results["experiments"] = previous["experiments"]
     for name, overrides in experiments.items():
         print(f"== {name}: {' '.join(overrides)} ({steps} steps of {batch_size})", flush=True)
         results["experiments"][name] = run_experiment(
@@ -105,7 +114,6 @@ def main(argv: list[str] | None = None) -> int:
         print(format_row(name, results["experiments"][name]), flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"accuracy_honeybee-{device_name}.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(format_table(results))
     print(f"wrote {out}")
