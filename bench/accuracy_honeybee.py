@@ -41,7 +41,7 @@ EXPERIMENTS: dict[str, list[str]] = {
 }
 # Options against class imbalance (workers outnumber queens 100 to 1), on top of tiled training.
 RARE_CLASS_VARIANTS: dict[str, list[str]] = {
-    "tiled+repeat_factor": ["+experiment=honeybee_tiled", "data.repeat_factor_threshold=0.3"],
+    "tiled+repeat_factor": ["+experiment=honeybee_tiled", "data.repeat_factor_threshold=0.5"],
     "tiled+focal": ["+experiment=honeybee_tiled", "model.classification_loss=focal"],
     "tiled+class_weights": ["+experiment=honeybee_tiled", "model.class_weight_power=0.5"],
 }
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [w for w in wanted if w not in experiments]
         if unknown:
             parser.error(f"unknown experiment(s) {unknown}; known: {sorted(experiments)}")
-        experiments = {k: v for k, v in experiments.items() if k in wanted}
+        experiments = {k: experiments[k] for k in wanted}  # in the order asked for
 
     machine = describe_machine(torch)
     device_name = args.device_name or machine["slug"]
@@ -112,9 +112,10 @@ def main(argv: list[str] | None = None) -> int:
             name, [*overrides, *args.extra], args.data_root, steps, batch_size, num_workers, trainer, args.work_dir
         )
         print(format_row(name, results["experiments"][name]), flush=True)
+        # Written after every experiment: a long run that is stopped keeps what it finished.
+        args.out.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
     print(format_table(results))
     print(f"wrote {out}")
     return 0
