@@ -400,26 +400,26 @@ def ssd300_vgg16(
     the first VGG stage). ``anchor_scales`` (7 values) replaces torchvision's, whose smallest is
     0.07 (21 px); the aspect ratios and steps stay torchvision's."""
     _require_size("ssd300_vgg16", image_size, 300)
-    model = tv_ssd300_vgg16(
-        weights=None,
-        weights_backbone=_loadable(VGG16_Weights.IMAGENET1K_FEATURES) if pretrained_backbone else None,
-        num_classes=num_classes + 1,
-        score_thresh=score_thresh,
-        nms_thresh=nms_thresh,
-        detections_per_img=detections_per_img,
-        topk_candidates=topk_candidates,
-        iou_thresh=iou_thresh,
-    )
-    model = _with_classification_loss(
-        _as_bee_ssd(_with_anchor_scales(model, anchor_scales), num_classes),
+    return _from_torchvision(
+        tv_ssd300_vgg16(
+            weights=None,
+            weights_backbone=_loadable(VGG16_Weights.IMAGENET1K_FEATURES) if pretrained_backbone else None,
+            num_classes=num_classes + 1,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            topk_candidates=topk_candidates,
+            iou_thresh=iou_thresh,
+        ),
         num_classes,
+        anchor_scales,
+        channels_last,
         classification_loss=classification_loss,
         focal_gamma=focal_gamma,
         focal_alpha=focal_alpha,
         min_negatives=min_negatives,
         class_weights=class_weights,
     )
-    return _in_memory_format(model, channels_last)
 
 
 def ssdlite320_mobilenet_v3_large(
@@ -446,25 +446,32 @@ def ssdlite320_mobilenet_v3_large(
     tail instead of the reduced one used from scratch). ``anchor_scales`` (7 values) replaces
     torchvision's, whose smallest is 0.2 (64 px)."""
     _require_size("ssdlite320_mobilenet_v3_large", image_size, 320)
-    model = tv_ssdlite320_mobilenet_v3_large(
-        weights=None,
-        weights_backbone=_loadable(MobileNet_V3_Large_Weights.IMAGENET1K_V1) if pretrained_backbone else None,
-        num_classes=num_classes + 1,
-        score_thresh=score_thresh,
-        nms_thresh=nms_thresh,
-        detections_per_img=detections_per_img,
-        topk_candidates=topk_candidates,
-        iou_thresh=iou_thresh,
-    )
-    model = _with_classification_loss(
-        _as_bee_ssd(_with_anchor_scales(model, anchor_scales), num_classes),
+    return _from_torchvision(
+        tv_ssdlite320_mobilenet_v3_large(
+            weights=None,
+            weights_backbone=_loadable(MobileNet_V3_Large_Weights.IMAGENET1K_V1) if pretrained_backbone else None,
+            num_classes=num_classes + 1,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            detections_per_img=detections_per_img,
+            topk_candidates=topk_candidates,
+            iou_thresh=iou_thresh,
+        ),
         num_classes,
+        anchor_scales,
+        channels_last,
         classification_loss=classification_loss,
         focal_gamma=focal_gamma,
         focal_alpha=focal_alpha,
         min_negatives=min_negatives,
         class_weights=class_weights,
     )
+
+
+def _from_torchvision(model: SSD, num_classes: int, anchor_scales: Sequence[float] | None, channels_last: bool, **loss: Any) -> BeeSSD:
+    """A torchvision-built SSD fitted to beedet: bee anchor scales, a ``BeeSSD`` with beedet's
+    classification loss (``loss``: the ``_with_classification_loss`` settings), memory format."""
+    model = _with_classification_loss(_as_bee_ssd(_with_anchor_scales(model, anchor_scales), num_classes), num_classes, **loss)
     return _in_memory_format(model, channels_last)
 
 
