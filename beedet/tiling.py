@@ -150,10 +150,11 @@ def detect_sliced(detect: DetectFn, image: Tensor, slicing: Slicing) -> Detectio
 
     # Only the best-scored candidates are merged: the frame keeps max_detections in the end, and
     # an untrained or low-threshold network would otherwise hand the merge tens of thousands.
-    candidates = torch.cat(scores).argsort(descending=True)[: CANDIDATES_PER_KEPT * slicing.max_detections]
+    all_scores = torch.cat(scores)
+    candidates = all_scores.argsort(descending=True)[: CANDIDATES_PER_KEPT * slicing.max_detections]
     merged = merge_detections(
         torch.cat(boxes)[candidates],
-        torch.cat(scores)[candidates],
+        all_scores[candidates],
         torch.cat(labels)[candidates],
         torch.cat(tile_ids)[candidates],
         torch.cat(truncated)[candidates],
