@@ -23,13 +23,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from machine import describe_machine
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("BEEDET_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown experiment(s) {unknown}; known: {sorted(experiments)}")
         experiments = {k: experiments[k] for k in wanted}  # in the order asked for
 
-    machine = describe_machine(torch)
+    machine = describe_machine()
     device_name = args.device_name or machine["slug"]
     steps = max(1, images_seen // batch_size)
     results: dict = {
@@ -168,29 +169,6 @@ def summarize(metrics: dict, overrides: list[str], wall: float, images_seen: int
         "count_MAE_per_class": {k: v.get("MAE") for k, v in counting.get("per_class", {}).items()},
         "count_threshold": counting.get("threshold"),
         "run_dir": str(run_dir),
-    }
-
-
-def describe_machine(torch) -> dict:
-    """The device the numbers came from, and the versions that produced them."""
-    import pytorch_lightning
-    import torchvision
-
-    if torch.cuda.is_available():
-        device = torch.cuda.get_device_name(0)
-    else:
-        device = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower().split("(")[0]).strip("-")
-    if not torch.cuda.is_available():
-        slug = f"cpu-{os.cpu_count()}core"
-    return {
-        "device": device,
-        "slug": slug,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "pytorch_lightning": pytorch_lightning.__version__,
-        "platform": platform.platform(),
     }
 
 

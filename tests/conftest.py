@@ -88,3 +88,14 @@ def overriding(base: list[str], *extra: str) -> list[str]:
     first of two overrides of one key), and extra deletions (``~group``) dropping its keys."""
     keys = {e.split("=", 1)[0].lstrip("~+") for e in extra}
     return [b for b in base if not any(b.split("=", 1)[0] == k or b.startswith(k + ".") for k in keys)] + list(extra)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """best.ckpt of one TINY_SYNTHETIC training run (synthetic bees, one epoch), shared by every
+    test that only needs *a* trained beedet checkpoint (serving, export, benchmarks)."""
+    tmp = tmp_path_factory.mktemp("tiny_checkpoint")
+    _, run_dir = run_script(["train.py", *TINY_SYNTHETIC], tmp)
+    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    assert ckpt.is_file(), f"training wrote no best.ckpt in {run_dir}"
+    return ckpt
