@@ -30,12 +30,11 @@ from omegaconf import DictConfig
 
 from beedet.assembly import load_system
 from beedet.data.images import ImageError, find_images, load_image
+# FALLBACK_SCORE_THRESHOLD moved to beedet.detections; bench/inference.py still imports it from here.
+from beedet.detections import FALLBACK_SCORE_THRESHOLD, detections_document, score_threshold_for  # noqa: F401
 from beedet.visualize import draw_boxes, save_image
 
 log = logging.getLogger("beedet.predict")
-
-# The score threshold for checkpoints that carry no count threshold.
-FALLBACK_SCORE_THRESHOLD = 0.3
 
 def images_at(path: Path) -> list[Path]:
     """The image files at ``path``: the file itself, or the images in a folder (recursively)."""
@@ -48,18 +47,7 @@ def images_at(path: Path) -> list[Path]:
 
 def detections_json(image_path: Path, size: tuple[int, int], prediction: dict[str, torch.Tensor], class_names: Sequence[str], score_threshold: float) -> dict:
     """One image's detections above the threshold, as written to disk (0-based class ids)."""
-    keep = prediction["scores"] >= score_threshold
-    boxes = prediction["boxes"][keep].cpu().tolist()
-    labels = prediction["labels"][keep].cpu().tolist()
-    scores = prediction["scores"][keep].cpu().tolist()
-    detections = [
-        {"box": [round(v, 2) for v in box], "label": int(label), "class": class_names[label], "score": round(score, 4)}
-        for box, label, score in zip(boxes, labels, scores)
-    ]
-    counts = {name: 0 for name in class_names}
-    for det in detections:
-        counts[det["class"]] += 1
-    return {"image": str(image_path), "width": size[0], "height": size[1], "detections": detections, "counts": counts}
+    return {"image": str(image_path), **detections_document(size, prediction, class_names, score_threshold)}
 
 
 def _batches(paths: Sequence[Path], batch_size: int) -> Iterator[list[tuple[Path, np.ndarray]]]:
@@ -84,9 +72,7 @@ def main(cfg: DictConfig) -> None:
     system, _ = load_system(cfg.ckpt, cfg.get("slicing"))
     # Counts in the output should be the counts the checkpoint was validated on: by default keep
     # the detections at or above its count threshold (chosen on its validation split).
-    threshold = cfg.score_threshold
-    if threshold is None:
-        threshold = system.count_threshold if system.count_threshold is not None else FALLBACK_SCORE_THRESHOLD
+    threshold = cfg.score_threshold if cfg.score_threshold is not None else score_threshold_for(system.count_threshold)
     log.info("keeping detections with score >= %.2f", threshold)
     system.to(device)
     root = Path(cfg.images)

@@ -8,14 +8,18 @@ size a reader checks labels against, and the size a viewer displays all agree:
 * Whatever the file's pixel format, the result is uint8 RGB of shape (H, W, 3): grayscale,
   bilevel, palette, RGBA (alpha dropped), CMYK and 16-bit images are converted.
 
-Errors raise :class:`ImageError`, whose message names the file and says what is wrong.
+Errors raise :class:`ImageError`, whose message names the file and says what is wrong
+(:class:`ImageTooLarge` when its pixel count is over a limit). Bytes held in memory (a request
+body) decode through :func:`decode_image`, with the same rules as a file.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left False: a truncated JPEG decodes to a
 grey lower half that still "loads", and a detector trained on it learns nothing good.
 """
 
 from __future__ import annotations
 
+import io
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +41,11 @@ class ImageError(DataError):
         super().__init__(f"{path}: {reason}")
 
 
+class ImageTooLarge(ImageError):
+    """The image has more pixels than allowed (``decode_image(max_pixels=...)``, or Pillow's own
+    decompression-bomb limit): refused before its pixels are decoded."""
+
+
 #: File suffixes beedet treats as images when it lists a folder (compared lower-case).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 
@@ -52,12 +61,63 @@ def load_image(path: Path | str) -> np.ndarray:
     16-bit images are scaled to 8 bits (65535 -> 255, 32768 -> 128), not clipped.
     """
     with _open(path) as img:
+        return _decode(img, path)
+
+
+#: JPEG DCT scaling factors libjpeg offers (and Pillow's ``Image.draft`` picks from).
+_DCT_SCALES = (8, 4, 2, 1)
+
+
+def load_image_reduced(path: Path | str, min_size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode ``path`` as :func:`load_image` does, but a JPEG at the smallest size that is still at
+    least ``min_size`` = (width, height) as displayed; also return the full displayed (width, height).
+
+    For a training pipeline that first resizes every frame to a fixed input (a 1920x1080 frame to
+    300x300), most decoded pixels are thrown away at once. libjpeg can instead produce the image at
+    1/2, 1/4 or 1/8 scale while decoding (DCT scaling: each 8x8 block is inverse-transformed to 4x4,
+    2x2 or 1x1 pixels), which costs less than the full decode and skips the copy of pixels the
+    resize would discard. The largest factor s with ``ceil(side / s) >= min`` for both sides is
+    used (1920x1080 -> 960x540 for 300x300: 1/4 would leave 270 rows); other formats, and JPEGs
+    already no larger than ``min_size``, decode at full size.
+
+    The result is an area-averaged reduction, not the exact full decode: callers map boxes by the
+    decoded/full size ratio of each axis (``pixels.shape`` vs the returned full size).
+    ``tests/test_fast_decode.py`` states how close a resize of it is to a resize of the full decode.
+    """
+    with _open(path) as img:
         try:
-            img.load()
-            ImageOps.exif_transpose(img, in_place=True)
+            orientation = _header_orientation(img, Path(path))
         except (OSError, SyntaxError, ValueError, struct.error) as exc:
-            raise ImageError(path, f"corrupt or truncated image ({exc})") from exc
-        return _to_rgb_array(img)
+            raise ImageError(path, f"corrupt image header ({exc})") from exc
+        swap = orientation in _SWAPPING_ORIENTATIONS
+        stored_w, stored_h = img.size
+        if img.format == "JPEG":
+            # min_size is for the displayed image; the decoder works on the stored one.
+            need_w, need_h = (min_size[1], min_size[0]) if swap else min_size
+            scale = next(s for s in _DCT_SCALES if s == 1 or (-(-stored_w // s) >= need_w and -(-stored_h // s) >= need_h))
+            if scale > 1:
+                # Pillow picks the largest s in (8, 4, 2, 1) with s <= side // requested: asking for
+                # side // scale makes that exactly `scale`; it then decodes ceil(side / scale).
+                img.draft("RGB", (stored_w // scale, stored_h // scale))
+        pixels = _decode(img, path)
+    return pixels, ((stored_h, stored_w) if swap else (stored_w, stored_h))
+
+
+def decode_image(data: bytes, name: str = "<image bytes>", *, max_pixels: int | None = None,
+                 formats: Sequence[str] | None = None) -> np.ndarray:
+    """Decode an encoded image held in memory exactly as :func:`load_image` decodes a file.
+
+    ``name`` stands for the file in error messages. ``max_pixels``: raise :class:`ImageTooLarge`
+    from the header alone, before decoding, when width * height is larger (a few KB of PNG can
+    announce a 50000 x 50000 image); Pillow's own limit (``Image.MAX_IMAGE_PIXELS``) still applies.
+    ``formats``: Pillow format names to try (e.g. ``("JPEG", "PNG")``); None: every format Pillow
+    knows.
+    """
+    with _open_stream(io.BytesIO(data), name, formats) as img:
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ImageTooLarge(name, f"{img.width}x{img.height} is {img.width * img.height} pixels, "
+                                      f"more than the {max_pixels} allowed")
+        return _decode(img, name)
 
 
 def read_image_size(path: Path | str) -> tuple[int, int]:
@@ -98,14 +158,30 @@ def _open(path: Path | str) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, "image file not found" if not path.exists() else "not a regular file")
+    return _open_stream(path, path)
+
+
+def _open_stream(source: Path | io.BytesIO, name: Path | str, formats: Sequence[str] | None = None) -> Image.Image:
     try:
-        return Image.open(path)
+        return Image.open(source, formats=None if formats is None else list(formats))
     except Image.UnidentifiedImageError as exc:
-        raise ImageError(path, "not an image (unrecognised file format)") from exc
+        known = "" if formats is None else f" of {', '.join(formats)}"
+        raise ImageError(name, f"not an image (unrecognised file format{known})") from exc
     except Image.DecompressionBombError as exc:
-        raise ImageError(path, f"image too large to decode safely ({exc})") from exc
+        raise ImageTooLarge(name, f"image too large to decode safely ({exc})") from exc
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
-        raise ImageError(path, f"cannot read image header ({exc})") from exc
+        raise ImageError(name, f"cannot read image header ({exc})") from exc
+
+
+def _decode(img: Image.Image, name: Path | str) -> np.ndarray:
+    try:
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)
+    except Image.DecompressionBombError as exc:  # an animation frame larger than the header said
+        raise ImageTooLarge(name, f"image too large to decode safely ({exc})") from exc
+    except (OSError, SyntaxError, ValueError, struct.error) as exc:
+        raise ImageError(name, f"corrupt or truncated image ({exc})") from exc
+    return _to_rgb_array(img)
 
 
 def _header_orientation(img: Image.Image, path: Path) -> int:

@@ -1,0 +1,70 @@
+"""Serve a trained bee detector over HTTP, as a SageMaker inference container does.
+
+    python -m beedet.serve ckpt=outputs/synthetic/<stamp>/checkpoints/best.ckpt [port=8080] [host=127.0.0.1]
+    python -m beedet.serve model_dir=DIR      # a model artifact (a training job's model.tar.gz unpacked)
+    python -m beedet.serve serve              # what SageMaker runs in docker/serve.Dockerfile's image:
+                                              # model_dir=/opt/ml/model host=0.0.0.0 port=8080
+
+    curl -s --data-binary @frame.jpg -H 'Content-Type: image/jpeg' http://127.0.0.1:8080/invocations
+    curl -s --data-binary @frame.jpg -H 'Content-Type: image/jpeg' -H 'Accept: application/json;verbose' \\
+        http://127.0.0.1:8080/invocations
+
+``GET /ping`` and ``POST /invocations`` (also ``POST /endpoints/<name>/invocations``, so a boto3
+``sagemaker-runtime`` client with ``endpoint_url=http://127.0.0.1:8080`` can call it). The request
+and answer formats are beedet.serving.handlers'; the limits and the HTTP behaviour are
+beedet.serving.app's; the options are conf/serve.yaml's.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import hydra
+import uvicorn
+from omegaconf import DictConfig
+
+from beedet.serving.app import create_app
+from beedet.serving.handlers import checkpoint_in, load_detector
+
+log = logging.getLogger("beedet.serve")
+
+# SageMaker starts a serving image as `docker run IMAGE serve`; the model artifact is unpacked at
+# /opt/ml/model and requests arrive on port 8080 from outside the container.
+SAGEMAKER_COMMAND = "serve"
+SAGEMAKER_OVERRIDES = ("model_dir=/opt/ml/model", "host=0.0.0.0", "port=8080")
+
+
+def sagemaker_argv(args: Sequence[str]) -> list[str]:
+    """The overrides for ``serve [key=value ...]``: SageMaker's settings, except for keys given."""
+    given = {arg.split("=", 1)[0].lstrip("+~") for arg in args}
+    return [*args, *(o for o in SAGEMAKER_OVERRIDES if o.split("=", 1)[0] not in given)]
+
+
+def model_checkpoint(ckpt: str | None, model_dir: str | None) -> Path:
+    """The checkpoint to serve: ``ckpt``, or ``model_dir``'s model.ckpt; SystemExit unless exactly one is given."""
+    if (ckpt is None) == (model_dir is None):
+        raise SystemExit("give exactly one of ckpt=PATH (a beedet checkpoint) or model_dir=DIR (a model artifact "
+                         f"holding model.ckpt); got ckpt={ckpt} model_dir={model_dir}")
+    return Path(ckpt) if ckpt is not None else checkpoint_in(model_dir)
+
+
+@hydra.main(config_path="../conf", config_name="serve", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    ckpt = model_checkpoint(cfg.ckpt, cfg.model_dir)
+    device = "cpu" if cfg.accelerator == "cpu" else None
+    detector = load_detector(ckpt, slicing=cfg.get("slicing"), score_threshold=cfg.score_threshold, device=device)
+    log.info("serving %s on %s: classes %s, beedet JSON keeps scores >= %.3f, %s inference", ckpt, detector.device,
+             detector.class_names, detector.score_threshold,
+             "sliced" if detector.system.slicing is not None else "whole-frame")
+    app = create_app(detector, max_body_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels,
+                     decode_threads=cfg.decode_threads)
+    uvicorn.run(app, host=cfg.host, port=cfg.port)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == [SAGEMAKER_COMMAND]:
+        sys.argv[1:] = sagemaker_argv(sys.argv[2:])
+    main()

@@ -1,0 +1,35 @@
+# beedet's serving image: SageMaker's inference container contract (GET /ping, POST /invocations on
+# port 8080) answered by `python -m beedet.serve` (FastAPI + uvicorn). Usable as a SageMaker model
+# image of one's own (BYO) and locally.
+#
+#   docker build -f docker/serve.Dockerfile -t beedet-serve .
+#   docker run -p 8080:8080 -v $PWD/model:/opt/ml/model beedet-serve        # a model.tar.gz unpacked in ./model
+#   docker run -p 8080:8080 -v $PWD/outputs:/outputs beedet-serve ckpt=/outputs/<run>/checkpoints/best.ckpt host=0.0.0.0
+#
+# On SageMaker (push it to ECR; `python -m beedet.sagemaker.deploy image_uri=<ECR URI> ...`) the
+# container is started as `docker run IMAGE serve`, with the model artifact (a beedet training job's
+# model.tar.gz) unpacked at /opt/ml/model. beedet/serve.py reads that `serve` as model_dir=/opt/ml/model
+# host=0.0.0.0 port=8080; extra key=value overrides after it still apply. Request and answer formats:
+# beedet/serving/handlers.py; limits (conf/serve.yaml): 6 MB bodies, 40 MP images.
+#
+# The same base as docker/train.Dockerfile, so a checkpoint is loaded by the torch that wrote it. The
+# base image brings CUDA-enabled torch and torchvision (a CPU instance runs it too); pip keeps them
+# and adds beedet's other dependencies.
+FROM pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime
+
+# PYTHONPATH: `python -m beedet.serve` must import the copy in /opt/beedet, which has conf/ beside
+# it (Hydra's config_path), not the one pip put in site-packages, whatever the working directory.
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONPATH=/opt/beedet
+
+WORKDIR /opt/beedet
+COPY pyproject.toml README.md ./
+COPY beedet ./beedet
+RUN pip install --no-cache-dir .
+COPY conf ./conf
+
+EXPOSE 8080
+ENTRYPOINT ["python", "-m", "beedet.serve"]
+# `docker run IMAGE` alone serves /opt/ml/model as SageMaker would.
+CMD ["serve"]
