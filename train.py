@@ -5,6 +5,10 @@
     python train.py -m optimizer.lr=0.001,0.003,0.01   # a Hydra sweep
     python train.py run_dir=outputs/synthetic/<stamp> ckpt_path=last   # resume a killed run
 
+As a SageMaker training job's entry point it takes the job's `--key value` hyperparameters
+(`--experiment honeybee_tiled --trainer.max_epochs 50`) and the SM_* variables instead, and leaves
+the model artifact in SM_MODEL_DIR (beedet/sagemaker/training_job.py, beedet/sagemaker/artifact.py).
+
 Everything configurable lives in conf/; everything that does work lives in beedet/. The run
 directory (checkpoints/, tensorboard/, metrics.json, report.md with count_plot.png, data_report.md)
 is printed on the last line.
@@ -13,6 +17,7 @@ is printed on the last line.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -23,6 +28,9 @@ from omegaconf import DictConfig
 from beedet.assembly import build_datamodule, build_network, build_system, build_trainer
 from beedet.evaluation.coco import record_box_areas, resolve_size_bins
 from beedet.reporting import final_metrics, hparams_for_logging, write_run_report
+from beedet.sagemaker.artifact import write_model_artifact
+from beedet.sagemaker.environment import SageMakerEnvironment, running_under_sagemaker
+from beedet.sagemaker.training_job import sagemaker_argv
 
 log = logging.getLogger("beedet.train")
 
@@ -73,9 +81,17 @@ def main(cfg: DictConfig) -> float:
             trainer.logger.log_hyperparams(hparams_for_logging(cfg, HydraConfig.get().runtime.choices), final)
             trainer.logger.finalize("success")
         log.info("val mAP %.4f  AP50 %.4f  AP75 %.4f", metrics["mAP"], metrics["AP50"], metrics["AP75"])
+        if running_under_sagemaker():
+            # What SageMaker keeps as model.tar.gz: the checkpoint plus the serving code.
+            write_model_artifact(SageMakerEnvironment.from_env().model_dir, best)
         print(f"run dir: {run_dir}")
     return float(metrics["mAP"])
 
 
 if __name__ == "__main__":
+    if running_under_sagemaker():
+        # A SageMaker training job passes `--key value` hyperparameters (or only `train`, to an
+        # image of its own) and says where data, checkpoints and outputs live in SM_* variables:
+        # all of it becomes Hydra overrides before Hydra parses the command line.
+        sys.argv[1:] = sagemaker_argv(sys.argv[1:])
     main()

@@ -1,0 +1,228 @@
+"""``train.py`` inside a SageMaker training job: the job's hyperparameters and container layout
+turned into Hydra overrides, so the script itself runs unchanged.
+
+How the container becomes overrides (each skipped when the job's hyperparameters set that key):
+
+* **hyperparameters** (``--key value``, or ``SM_HPS`` / ``hyperparameters.json`` when the
+  container was started with just ``train``): ``beedet.sagemaker.hyperparameters``; they come
+  last, so they win.
+* **channels**: ``train`` -> ``data.train`` (and ``data.root``), ``validation`` (or ``val``) ->
+  ``data.val``; with a train channel and no validation channel, ``data.val=null`` splits
+  ``data.val_fraction`` off the training images. A channel directory holds a Ground Truth manifest
+  (``*.manifest`` / ``*.jsonl``, its ``s3://`` source-refs resolved into the channel directory),
+  else a COCO ``*.json``, else a YOLO ``images/`` + ``labels/`` folder. Other channels (the SDK v3's
+  ``code`` and ``sm_drivers``, or ``test``) are not training data and are left alone.
+* **outputs**: ``run_dir=$SM_OUTPUT_DATA_DIR`` (metrics.json, report.md, data_report.md, .hydra/:
+  SageMaker packs them into ``output.tar.gz``); TensorBoard events go to
+  ``$SM_OUTPUT_DIR/tensorboard``, the path a TensorBoardOutputConfig uploads to S3 while the job runs.
+* **spot training**: ``paths.checkpoint_dir`` is the job's checkpoint directory
+  (``/opt/ml/checkpoints``, synced with the checkpoint S3 URI both ways) and ``ckpt_path=last``:
+  a restarted job finds the ``last.ckpt`` SageMaker copied back and resumes from it; a first
+  attempt finds none and starts fresh (Lightning warns and goes on).
+* **several instances**: the launcher starts train.py with torchrun on every instance
+  (``torch_distributed`` / the SDK's ``Torchrun``), which sets RANK, WORLD_SIZE, MASTER_ADDR and
+  LOCAL_RANK; Lightning reads them (its TorchElastic environment) and infers the devices per node
+  (one per GPU, as torchrun starts one process per GPU). What it cannot infer is the node count,
+  so ``trainer.num_nodes`` is set from ``SM_HOSTS``. Several instances without torchrun would train
+  the same model once per instance: that is refused with a message.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from beedet.compose import CONF_DIR
+from beedet.sagemaker.environment import SageMakerEnvironment, SageMakerEnvironmentError
+from beedet.sagemaker.hyperparameters import (
+    EXPERIMENT_KEY,
+    HyperparameterError,
+    check_keys,
+    config_keys,
+    hyperparameters_from_json,
+    is_hyperparameter_argv,
+    parse_hyperparameter_argv,
+    to_overrides,
+)
+
+# SageMaker's BYO-container contract: the image is started as `docker run IMAGE train`.
+TRAIN_COMMAND = "train"
+# Channel name -> the data config key it fills. Both SageMaker spellings of validation.
+DATA_CHANNELS: dict[str, str] = {"train": "train", "training": "train", "validation": "val", "val": "val"}
+# Manifest file names that say which split a manifest is, when one channel holds several.
+_SPLIT_STEMS = {"train": ("train", "training"), "val": ("validation", "valid", "val")}
+MANIFEST_SUFFIXES = (".manifest", ".jsonl")
+# torchrun (and torch.distributed.launch) set these for every process they start.
+_TORCHRUN_VARIABLES = ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE")
+
+
+class SageMakerJobError(ValueError):
+    """The training job's container cannot be mapped onto train.py; the message says how to fix it."""
+
+
+def sagemaker_argv(argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+    """train.py's Hydra arguments for its command line ``argv`` (without the script name) inside a
+    SageMaker training job: :func:`job_overrides` of the container followed by the
+    hyperparameters' overrides. ``argv`` that is already Hydra's (``key=value``, or ``-cp DIR -cn
+    NAME`` when Lightning's DDP launcher re-runs the script) comes back unchanged. Exits with
+    the error's message (also written to the job's ``failure`` file, which SageMaker shows as the
+    failure reason) when the job cannot be mapped."""
+    env = os.environ if env is None else env
+    try:
+        overrides = job_arguments(argv, env)
+    except (HyperparameterError, SageMakerJobError, SageMakerEnvironmentError) as exc:
+        _write_failure(env, f"train.py: {exc}")
+        raise SystemExit(f"train.py: {exc}") from None
+    if overrides != list(argv) and env.get("RANK", "0") == "0":
+        print("SageMaker training job: train.py " + " ".join(overrides), file=sys.stderr, flush=True)
+    return overrides
+
+
+def job_arguments(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
+    """:func:`sagemaker_argv` without the exit: raises :class:`HyperparameterError` (a bad key,
+    listing the valid ones), :class:`SageMakerJobError` or ``SageMakerEnvironmentError``."""
+    args = list(argv)
+    if args[:1] == [TRAIN_COMMAND]:
+        args = args[1:]
+    if not is_hyperparameter_argv(args):
+        return args
+    sm = SageMakerEnvironment.from_env(env)
+    hyperparameters = parse_hyperparameter_argv(args) if args else hyperparameters_from_json(sm.hyperparameters)
+    user = to_overrides(hyperparameters)
+    groups = config_groups()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        # The experiment and group choices decide which keys exist; a bad plain key is then
+        # reported by check_keys with the valid ones, not by Hydra.
+        choices = [o for o, key in zip(user, hyperparameters) if key in groups or key == EXPERIMENT_KEY]
+        job = job_overrides(sm, compose(config_name="train", overrides=choices), hyperparameters, env)
+        # Keys as the job will have them: a channel's data source brings its own (data.train.path).
+        valid = config_keys(compose(config_name="train", overrides=job + choices))
+    check_keys(hyperparameters, valid | groups | {EXPERIMENT_KEY})
+    return job + user
+
+
+@functools.cache
+def config_groups() -> frozenset[str]:
+    """The config groups of conf/train.yaml's defaults list (data, model, trainer, ...)."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        base = compose(config_name="train", return_hydra_config=True)
+    return frozenset(g for g in base.hydra.runtime.choices if "/" not in g and g != "hydra")
+
+
+def job_overrides(sm: SageMakerEnvironment, cfg: DictConfig, hyperparameters: Mapping[str, str],
+                  env: Mapping[str, str] | None = None) -> list[str]:
+    """The overrides that put train.py's inputs and outputs where the job's container has them
+    (see the module docstring). ``cfg``: the train config composed with the job's group choices
+    (its structure decides which keys exist); ``hyperparameters``: the job's ``{key: value text}``,
+    whose keys are never overridden here (their overrides come after these, so
+    ``--data.train.path X`` still adjusts a channel's source). ``env`` (default ``os.environ``) tells whether torchrun started us."""
+    env = os.environ if env is None else env
+
+    def unset(key: str) -> bool:
+        return key not in hyperparameters
+
+    overrides = []
+    if unset("run_dir"):
+        overrides.append(f"run_dir={_quote(sm.output_data_dir)}")
+    if "checkpoint_dir" in (cfg.get("paths") or {}) and unset("paths.checkpoint_dir"):
+        overrides.append(f"paths.checkpoint_dir={_quote(sm.checkpoint_dir)}")
+    if unset("ckpt_path"):
+        overrides.append("ckpt_path=last")
+    logger = cfg.get("logger")
+    if logger and "save_dir" in logger and unset("logger.save_dir") and unset("logger.name"):
+        overrides += [f"logger.save_dir={_quote(sm.tensorboard_dir.parent)}", f"logger.name={_quote(sm.tensorboard_dir.name)}"]
+    overrides += _channel_overrides(sm.channels, hyperparameters)
+    if len(sm.hosts) > 1 and unset("trainer.num_nodes"):
+        if not any(env.get(name) for name in _TORCHRUN_VARIABLES):
+            raise SageMakerJobError(
+                f"{len(sm.hosts)} instances ({', '.join(sm.hosts)}) but train.py was not started by torchrun, so each "
+                "would train its own copy of the model: give the job a torchrun distribution (the SDK's "
+                "Torchrun(), which `python -m beedet.sagemaker.launch` adds for instance_count > 1), or use one instance")
+        overrides.append(f"++trainer.num_nodes={len(sm.hosts)}")
+    return overrides
+
+
+def channel_source(channel_dir: Path, split: str, channel: str, manifest: str | None = None) -> dict[str, Any]:
+    """The ``beedet.data.sources`` config (``{"_target_": ..., ...}``) reading the labels in a
+    channel directory, for ``split`` (``train`` or ``val``); ``manifest``: the manifest to read
+    (the job's ``--data.<split>.path``), else found in the directory. Raises
+    :class:`SageMakerJobError` when the directory holds no labels beedet reads, or several candidates."""
+    channel_dir = Path(channel_dir)
+    where = f"channel '{channel}' ({channel_dir})"
+    if not channel_dir.is_dir():
+        raise SageMakerJobError(f"{where}: the directory does not exist")
+    files = sorted(p for p in channel_dir.iterdir() if p.is_file())
+    manifests = [Path(manifest.strip("'\""))] if manifest else [p for p in files if p.suffix.lower() in MANIFEST_SUFFIXES]
+    if len(manifests) > 1:
+        # One S3 prefix holding every split's manifest (train.manifest, valid.manifest) may be
+        # given as both channels: pick this split's by name.
+        manifests = [p for p in manifests if p.stem.lower().split(".")[0] in _SPLIT_STEMS[split]] or manifests
+    if len(manifests) == 1:
+        return {"_target_": "beedet.data.sources.ManifestSource", "path": str(manifests[0]),
+                "local_root": str(channel_dir), "s3_prefix": None, "label_attribute": None}
+    if len(manifests) > 1:
+        raise SageMakerJobError(f"{where} holds several manifests ({', '.join(p.name for p in manifests)}): pick one "
+                                f"with the hyperparameter --data.{split}.path {channel_dir}/<name>")
+    coco = [p for p in files if p.suffix.lower() == ".json"]
+    if len(coco) == 1:
+        return {"_target_": "beedet.data.sources.CocoSource", "path": str(coco[0]), "image_root": str(channel_dir)}
+    if (channel_dir / "images").is_dir():
+        return {"_target_": "beedet.data.sources.YoloSource", "images": str(channel_dir / "images")}
+    found = ", ".join(p.name for p in sorted(channel_dir.iterdir())[:10]) or "nothing"
+    raise SageMakerJobError(
+        f"{where} holds no labels beedet reads: expected a Ground Truth manifest (*.manifest or *.jsonl, "
+        f"source-ref images under the channel's S3 prefix), a COCO *.json, or a YOLO images/ + labels/ folder; found {found}")
+
+
+def _channel_overrides(channels: Mapping[str, Path], hyperparameters: Mapping[str, str]) -> list[str]:
+    def unset(key: str) -> bool:
+        return key not in hyperparameters
+
+    by_split: dict[str, tuple[str, Path]] = {}
+    for name, directory in channels.items():
+        split = DATA_CHANNELS.get(name.lower())
+        if split is not None and split not in by_split:
+            by_split[split] = (name, directory)
+    overrides = []
+    for split in ("train", "val"):
+        key = f"data.{split}"
+        if split not in by_split or not unset(key):
+            continue
+        name, directory = by_split[split]
+        # Delete, then add: a source of another type (synthetic -> manifest) has other keys.
+        source = channel_source(directory, split, name, manifest=hyperparameters.get(f"{key}.path"))
+        overrides += [f"~{key}", f"+{key}={_hydra_dict(source)}"]
+        if split == "train" and unset("data.root"):
+            overrides.append(f"data.root={_quote(directory)}")
+    if "train" in by_split and "val" not in by_split and unset("data.val"):
+        # No validation channel: split data.val_fraction off the training channel.
+        overrides.append("data.val=null")
+    return overrides
+
+
+def _quote(value: Any) -> str:
+    """A Hydra override value that is taken literally (paths may hold ':', '=', spaces...)."""
+    text = str(value).replace("'", "\\'")
+    return f"'{text}'"
+
+
+def _hydra_dict(values: Mapping[str, Any]) -> str:
+    items = ["{}:{}".format(k, "null" if v is None else _quote(v)) for k, v in values.items()]
+    return "{" + ",".join(items) + "}"
+
+
+def _write_failure(env: Mapping[str, str], message: str) -> None:
+    output_dir = env.get("SM_OUTPUT_DIR") or str(Path(env.get("SAGEMAKER_BASE_DIR") or "/opt/ml") / "output")
+    try:
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        with open(Path(output_dir) / "failure", "a", encoding="utf-8") as f:
+            f.write(message + "\n")
+    except OSError:
+        pass  # the message still goes to stderr, i.e. the job's log
