@@ -58,13 +58,15 @@ class SSDFeatureExtractor(nn.Module):
         # torchvision's SSD reads this attribute to size its head.
         self.out_channels = list(out_channels)
 
-    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+    # Annotated and built the way TorchScript accepts (torchvision's VGG extractor does the same),
+    # so that beedet.export can script the network.
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
         x = self.trunk(images)
         maps = [x]
         for block in self.extras:
             x = block(x)
             maps.append(x)
-        return OrderedDict((str(i), m) for i, m in enumerate(maps))
+        return OrderedDict([(str(i), m) for i, m in enumerate(maps)])
 
 
 def feature_map_sizes(image_size: int) -> list[int]:
