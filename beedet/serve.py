@@ -51,8 +51,34 @@ def model_checkpoint(ckpt: str | None, model_dir: str | None) -> Path:
     return Path(ckpt) if ckpt is not None else checkpoint_in(model_dir)
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep large freed buffers instead of returning them to the system.
+
+    Inference runs in a worker thread whose allocator arena hands the network's large activation
+    buffers back to the kernel after every request, so each request pays page faults to get them
+    again: measured by bench/inference.py, 4 frames took 146-154 ms each through the server against
+    98 ms in-process, and 80 against 67 ms with these settings. One arena, a fixed 32 MiB mmap
+    threshold and a 1 GiB trim threshold (the mallopt equivalents of MALLOC_ARENA_MAX=1,
+    MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_). A no-op off glibc; returns whether it applied."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold, m_arena_max = -1, -3, -8
+    return all(mallopt(param, value) == 1 for param, value in (
+        (m_arena_max, 1), (m_mmap_threshold, 32 * 1024 * 1024), (m_trim_threshold, 1024 * 1024 * 1024)))
+
+
 @hydra.main(config_path="../conf", config_name="serve", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    keep_freed_memory()
     ckpt = model_checkpoint(cfg.ckpt, cfg.model_dir)
     device = "cpu" if cfg.accelerator == "cpu" else None
     detector = load_detector(ckpt, slicing=cfg.get("slicing"), score_threshold=cfg.score_threshold, device=device)

@@ -1,0 +1,341 @@
+"""GPU training throughput: SSD300-ResNet50 images/s and model FLOP utilisation (MFU), real loader vs synthetic.
+
+On a GPU machine (issue 5's bar on one H100: >= 2,000 img/s, the real loader within 10 % of synthetic):
+
+    python bench/gpu_throughput.py --data-root bench/data_subset            # batch 128, 8 workers
+    python bench/gpu_throughput.py --data-root bench/data_subset --batch-size 256 --workers 14
+
+On a CPU, only to check that it runs (tiny, fp32, a few steps; writes ``gpu_throughput-<cpu>-smoke.json``,
+which is not a GPU number):
+
+    python bench/gpu_throughput.py --smoke --data-root ../shared/data/honeybee-mini --model ssd300_resnet_slim
+
+What runs: beedet's own training path, train.py's Trainer (``build_trainer``) with
+``+experiment=honeybee_ssd300_resnet50 model.pretrained_backbone=false trainer=gpu``: bf16 autocast
+(``bf16-mixed``), ``cudnn.benchmark``, parameters in ``channels_last`` (the model builders' default),
+no validation. Three measurements, each a steady-state window after ``--warmup`` steps:
+
+* (a) real: the data module's own training DataLoader (``BeeDataModule.train_dataloader()``:
+  decode the 1920x1080 JPEG frames, the ``ssd`` augmentation, collate) with ``--workers`` worker
+  processes, feeding the fit. The subset's records are repeated so one epoch holds every step.
+* (b) synthetic: the same fit fed ``--distinct-batches`` batches made once by that loader and
+  kept on the GPU, cycled: the input pipeline and the host-to-device copy cost nothing.
+* (c) loader only: the DataLoader of (a) iterated with no training, to show how much it can supply.
+
+Reported: images/s of (a), (b), (c); ``real_vs_synthetic`` = (a)/(b) (bar >= 0.9);
+``loader_headroom`` = (c)/(b) (> 1: the loader could feed more than the GPU trains); FLOPs per
+image of one forward + backward of the network in training mode (loss included), counted by
+``torch.utils.flop_counter.FlopCounterMode`` (matrix products and convolutions, 2 FLOPs per
+multiply-add; batch norm and element-wise work not counted, as in NVIDIA's and others' MFU);
+MFU = images/s x FLOPs per image / the device's peak dense bf16 tensor FLOP/s (``PEAK_BF16_TFLOPS``).
+
+The data must travel with the device call (at most 64 MiB for the whole working tree). Once, here:
+
+    echo /bench/data_subset/ >> .git/info/exclude
+    python bench/gpu_throughput.py --make-subset bench/data_subset     # 160 train + 8 valid frames, ~42 MB
+
+The device image has torch, torchvision and pytorch-lightning but not hydra-core, omegaconf,
+albumentations or the COCO evaluators: carry them as Python 3.12 wheels in ``.whl`` (README of the
+device tool: ``echo /.whl/ >> .git/info/exclude``, then ``pip download --no-deps --only-binary=:all:
+--python-version 3.12 --platform manylinux... -d .whl`` for the versions in this venv: hydra-core==1.3.8
+omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 (a source package: build its wheel with ``pip wheel``)
+albumentations==2.0.8 albucore==0.0.24 simsimd==6.5.16 stringzilla==5.3.2 pydantic==2.14.3
+pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 faster-coco-eval==1.8.0
+pycocotools==2.0.11). Then the device tool's ``run`` with
+``carry=["bench/data_subset", ".whl"]`` and the command:
+
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
+    && python3 bench/gpu_throughput.py --data-root bench/data_subset --workers 14 --out $OUT
+
+and commit the returned ``gpu_throughput-<device>.json`` into bench/results/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from machine import describe_machine, write_results
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("BEEDET_SHARED_DATA", REPO.parent / "shared" / "data"))
+BAR_IMAGES_PER_S = 2000.0  # on one H100
+BAR_REAL_VS_SYNTHETIC = 0.9
+
+# Peak dense (no sparsity) bf16 tensor-core TFLOP/s by device name, first match wins.
+# Sources: NVIDIA H100 Tensor Core GPU datasheet (BF16 1,979 TFLOPS SXM / 1,513 PCIe, "with
+# sparsity"; dense is half), NVIDIA H200 datasheet (BF16 1,979 with sparsity, as the H100 SXM),
+# NVIDIA A100 datasheet (BF16 312 dense, 624 with sparsity).
+PEAK_BF16_TFLOPS: list[tuple[str, float]] = [
+    ("H100 PCIe", 756.0),
+    ("H200", 989.4),
+    ("H100", 989.4),  # SXM5 (e.g. "NVIDIA H100 80GB HBM3")
+    ("A100", 312.0),
+]
+PEAK_SOURCE = "NVIDIA H100 / H200 / A100 datasheets: dense bf16 tensor core = half the 'with sparsity' figure"
+
+# (batch size, workers, warm-up steps, measured steps, distinct synthetic batches, FLOP-count batch;
+# at least 2: batch norm in training mode needs two values per channel on the 1x1 map)
+SIZES = {"gpu": (128, 8, 10, 50, 4, 2), "smoke": (2, 0, 1, 2, 1, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="train.py Hydra overrides on top of the experiment")
+    parser.add_argument("--smoke", action="store_true", help="tiny fp32 run on the CPU: checks that the benchmark runs, measures nothing")
+    parser.add_argument("--data-root", type=Path, default=REPO / "bench" / "data_subset",
+                        help="a honeybee-layout folder (train.manifest, valid.manifest, images)")
+    parser.add_argument("--model", default="ssd300_resnet50",
+                        help="a conf/model option (the smoke test uses the slim ssd300_resnet_slim)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None, help="DataLoader worker processes for (a) and (c)")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--distinct-batches", type=int, default=None)
+    parser.add_argument("--make-subset", type=Path, default=None, metavar="DIR", help="copy a subset of the honeybee data to DIR and exit")
+    parser.add_argument("--subset-images", type=int, default=160, help="train frames in --make-subset (valid: 8)")
+    parser.add_argument("--subset-from", type=Path, default=SHARED_DATA / "honeybee")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    parser.add_argument("--device-name", default=None, help="names the result file (default: from the machine)")
+    args = parser.parse_args(argv)
+
+    if args.make_subset:
+        make_subset(args.subset_from, args.make_subset, args.subset_images, valid_images=8)
+        return 0
+
+    import torch
+    from training_overhead import batch_loader, compose_run_config, lightning_fit
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.smoke:
+        parser.error("no CUDA device: this benchmark needs a GPU (use --smoke on a CPU to check that it runs)")
+    batch_size, workers, warmup, steps, distinct, flop_batch = SIZES["smoke" if args.smoke else "gpu"]
+    batch_size = args.batch_size or batch_size
+    workers = workers if args.workers is None else args.workers
+    warmup = warmup if args.warmup is None else args.warmup
+    steps = args.steps or steps
+    distinct = args.distinct_batches or distinct
+    if not (args.data_root / "train.manifest").is_file():
+        parser.error(f"no train.manifest in {args.data_root}; make one with --make-subset (see the docstring)")
+
+    overrides = [
+        "+experiment=honeybee_ssd300_resnet50",
+        f"model={args.model}",
+        # No ImageNet download: throughput does not depend on the starting weights. The slim
+        # networks have no pretrained backbone to switch off: drop the experiment's key.
+        "model.pretrained_backbone=false" if has_pretrained_switch(args.model) else "~model.pretrained_backbone",
+        # The smoke run is the CPU path: fp32, no cudnn.
+        "trainer=cpu" if args.smoke else "trainer=gpu",
+        f"data.root={args.data_root.resolve()}",
+        # The subset's frames were checked where it was made; decoding them all again costs minutes.
+        "data.verify_images=false",
+        f"data.batch_size={batch_size}",
+        f"data.num_workers={workers}",
+        *args.overrides,
+    ]
+    machine = describe_machine()
+    total = warmup + steps + 1
+    with tempfile.TemporaryDirectory(prefix="beedet-bench-gpu-") as tmp:
+        cfg = compose_run_config(overrides, Path(tmp))
+        torch.backends.cudnn.benchmark = bool(cfg.trainer.benchmark)
+        device = torch.device("cuda" if cuda and not args.smoke else "cpu")
+        datamodule, system = build(cfg, samples=batch_size * total)
+        print(f"== {'smoke (CPU, not a GPU number)' if args.smoke else machine['device']}: {cfg.model._target_}, "
+              f"batch {batch_size}, {cfg.trainer.precision}, {workers} workers, {warmup} warm-up + {steps} measured steps", flush=True)
+        initial = copy.deepcopy(system.net.state_dict())
+
+        flops = count_train_flops(system, datamodule, flop_batch, device)
+        print(f"  FLOPs per image, forward + backward: {flops / 1e9:.1f} GFLOP", flush=True)
+
+        system.net.load_state_dict(initial)
+        real = lightning_fit(cfg, system, datamodule.train_dataloader(), total, warmup, steps, Path(tmp) / "real")
+        print(f"  (a) real loader: {steps * batch_size / real['window_s']:.1f} img/s", flush=True)
+
+        batches = [to_device(b, device) for _, b in zip(range(distinct), datamodule.train_dataloader())]
+        system.net.load_state_dict(initial)
+        synthetic = lightning_fit(cfg, system, batch_loader(batches, total), total, warmup, steps, Path(tmp) / "synthetic")
+        print(f"  (b) synthetic:   {steps * batch_size / synthetic['window_s']:.1f} img/s", flush=True)
+        del batches  # free the GPU memory they hold before (c)
+
+        loader_s = time_loader(datamodule.train_dataloader(), warmup, steps)
+        print(f"  (c) loader only: {steps * batch_size / loader_s:.1f} img/s", flush=True)
+
+    peak_tflops = peak_bf16_tflops(machine["device"]) if device.type == "cuda" else None
+    images = steps * batch_size
+    result = {name: _rate(images, seconds, flops, peak_tflops)
+              for name, seconds in (("real_loader", real["window_s"]), ("synthetic", synthetic["window_s"]), ("loader_only", loader_s))}
+    del result["loader_only"]["mfu"], result["loader_only"]["model_tflops"]
+    real_vs_synthetic = synthetic["window_s"] / real["window_s"]
+    payload = {
+        "benchmark": "gpu_throughput",
+        "mode": "smoke" if args.smoke else "gpu",
+        "device": machine["device"],
+        "machine": machine,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "workload": {
+            "overrides": overrides,
+            "network": cfg.model._target_,
+            "batch_size": batch_size,
+            "precision": str(cfg.trainer.precision),
+            "cudnn_benchmark": bool(cfg.trainer.benchmark),
+            "channels_last": bool(cfg.model.get("channels_last", True)),
+            "workers": workers,
+            "warmup_steps": warmup,
+            "measured_steps": steps,
+            "distinct_synthetic_batches": distinct,
+            "train_frames": len({r.image_path for r in datamodule.train_records}),
+            "cpu_count": os.cpu_count(),
+        },
+        "flops_per_image": flops,
+        "flops_counter": "torch.utils.flop_counter.FlopCounterMode, one forward + backward in training mode",
+        "peak_bf16_tflops": peak_tflops,
+        "peak_source": PEAK_SOURCE if peak_tflops else None,
+        **result,
+        "real_vs_synthetic": real_vs_synthetic,
+        "loader_headroom": synthetic["window_s"] / loader_s,
+        "bars": {"images_per_s_one_h100": BAR_IMAGES_PER_S, "real_vs_synthetic": BAR_REAL_VS_SYNTHETIC},
+        "max_loss": max(max(real["losses"]), max(synthetic["losses"])),
+    }
+    path = write_results("gpu_throughput", args.device_name or machine["slug"] + ("-smoke" if args.smoke else ""), payload, args.out)
+    print(format_summary(payload))
+    print(f"wrote {path}")
+    return 0
+
+
+def build(cfg: Any, samples: int) -> tuple[Any, Any]:
+    """The data module (set up, with at least ``samples`` training samples per epoch) and
+    train.py's DetectionModule for ``cfg``."""
+    from beedet.assembly import build_datamodule, build_network, build_system
+
+    datamodule = build_datamodule(cfg.data, cfg.augment)
+    datamodule.load_labels()
+    net = build_network(cfg.model, num_classes=datamodule.num_classes,
+                        class_counts=[datamodule.reports["train"].boxes_per_class[n] for n in datamodule.class_names])
+    system = build_system(cfg, net, datamodule.class_names)
+    # A subset small enough to travel with the device call holds fewer frames than the measured
+    # steps need: repeat its records so that one epoch (one fit, no epoch-end pause) covers them.
+    # Every repeat is decoded and augmented afresh, as a larger dataset's frames would be.
+    records = datamodule.train_records
+    datamodule.train_records = records * -(-samples // len(records))
+    datamodule.setup("fit")
+    return datamodule, system
+
+
+def has_pretrained_switch(model: str) -> bool:
+    """Whether ``conf/model/<model>.yaml`` has a ``pretrained_backbone`` argument."""
+    from omegaconf import OmegaConf
+
+    path = REPO / "conf" / "model" / f"{model}.yaml"
+    if not path.is_file():
+        raise SystemExit(f"no model config {path}")
+    return "pretrained_backbone" in OmegaConf.load(path)
+
+
+def to_device(batch: Any, device: Any) -> Any:
+    images, targets = batch
+    return [i.to(device) for i in images], [{k: v.to(device) for k, v in t.items()} for t in targets]
+
+
+def count_train_flops(system: Any, datamodule: Any, batch: int, device: Any) -> float:
+    """FLOPs per image of one training forward (loss included) and backward of ``system.net``."""
+    from torch.utils.data import DataLoader
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from beedet.data.dataset import collate_detection
+
+    images, targets = to_device(next(iter(DataLoader(datamodule.train_dataset, batch_size=batch, collate_fn=collate_detection))), device)
+    net = system.net.to(device).train()
+    with FlopCounterMode(display=False) as counter:
+        losses = net(images, system._to_network_targets(targets))
+        sum(losses.values()).backward()
+    net.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def time_loader(loader: Any, warmup: int, steps: int) -> float:
+    """Seconds for ``steps`` batches of ``loader`` after ``warmup`` (worker start-up) batches."""
+    iterator = iter(loader)
+    for _ in range(warmup):
+        next(iterator)
+    start = time.perf_counter()
+    for _ in range(steps):
+        next(iterator)
+    seconds = time.perf_counter() - start
+    del iterator
+    return seconds
+
+
+def peak_bf16_tflops(device_name: str) -> float | None:
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if key.lower() in device_name.lower():
+            return tflops
+    return None
+
+
+def _rate(images: int, seconds: float, flops_per_image: float, peak_tflops: float | None) -> dict[str, Any]:
+    rate = images / seconds
+    achieved = rate * flops_per_image / 1e12
+    return {"images_per_s": rate, "model_tflops": achieved, "mfu": achieved / peak_tflops if peak_tflops else None}
+
+
+def format_summary(payload: dict[str, Any]) -> str:
+    def mfu(entry: dict[str, Any]) -> str:
+        return f", MFU {100 * entry['mfu']:.1f} %" if entry.get("mfu") is not None else ""
+
+    lines = [
+        (f"{payload['device']} ({payload['mode']}), batch {payload['workload']['batch_size']}, {payload['workload']['precision']}, "
+         f"{payload['flops_per_image'] / 1e9:.1f} GFLOP per image (fwd+bwd)"),
+        f"  (a) real loader ({payload['workload']['workers']} workers): {payload['real_loader']['images_per_s']:.1f} img/s{mfu(payload['real_loader'])}",
+        f"  (b) synthetic:                 {payload['synthetic']['images_per_s']:.1f} img/s{mfu(payload['synthetic'])}",
+        f"  (c) loader alone:              {payload['loader_only']['images_per_s']:.1f} img/s",
+        (f"  real / synthetic: {payload['real_vs_synthetic']:.3f} (bar >= {BAR_REAL_VS_SYNTHETIC}); "
+         f"loader headroom (c)/(b): {payload['loader_headroom']:.2f}"),
+    ]
+    if payload["mode"] == "smoke":
+        lines.append("  smoke run on a CPU: these numbers say nothing about a GPU")
+    elif payload["peak_bf16_tflops"] is None:
+        lines.append(f"  no peak FLOP/s known for {payload['device']}: MFU not computed")
+    return "\n".join(lines)
+
+
+def make_subset(source: Path, dest: Path, train_images: int, valid_images: int, seed: int = 0) -> None:
+    """Copy ``train_images`` random train frames and ``valid_images`` valid ones (seeded) with their
+    manifest lines from the honeybee folder ``source`` to ``dest``, in the same layout."""
+    if not (source / "train.manifest").is_file():
+        raise SystemExit(f"no honeybee data at {source} (train.manifest missing); see ../shared/data/README.md")
+    rng = random.Random(seed)
+    total_bytes = 0
+    for split, count in (("train", train_images), ("valid", valid_images)):
+        lines = (source / f"{split}.manifest").read_text().splitlines()
+        chosen = sorted(rng.sample(range(len(lines)), min(count, len(lines))))
+        kept = []
+        for index in chosen:
+            line = lines[index]
+            # source-ref is s3://bucket/<dataset>/<split>/images/NAME: keep <split>/images/NAME.
+            relative = Path(*json.loads(line)["source-ref"].split("/")[-3:])
+            (dest / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source / relative, dest / relative)
+            total_bytes += (dest / relative).stat().st_size
+            kept.append(line)
+        (dest / f"{split}.manifest").write_text("\n".join(kept) + "\n")
+    print(f"wrote {train_images} train + {valid_images} valid frames ({total_bytes / 2**20:.1f} MiB) to {dest}")
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(dest)], check=False, cwd=REPO).returncode == 0
+    if not ignored:
+        print(f"NOTE: {dest} is not ignored by git; never commit it: add it to .git/info/exclude, e.g.\n"
+              f"    echo /{dest.resolve().relative_to(REPO)}/ >> .git/info/exclude")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
