@@ -57,6 +57,12 @@ class BeeDataModule(pl.LightningDataModule):
             images holding a class found in fewer than a fraction t of the images more often
             (LVIS repeat-factor sampling, ``beedet.data.sampling``, seeded by ``seed`` and the
             epoch). ``None``: every image once per epoch, plainly shuffled.
+        reduced_decode: training only: decode JPEGs at the smallest DCT-scaled size the
+            augmentation's first resize needs (``beedet.data.dataset``; pixels within the tolerance
+            of ``tests/test_fast_decode.py``, boxes and random draws unchanged). Validation always
+            decodes at full size.
+        cache_bytes: training only: keep up to this many bytes of decoded (never augmented) frames
+            in RAM, per DataLoader worker process (``beedet.data.dataset.DecodedFrameCache``).
     """
 
     def __init__(
@@ -74,6 +80,8 @@ class BeeDataModule(pl.LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 2,
         repeat_factor_threshold: float | None = None,
+        reduced_decode: bool = False,
+        cache_bytes: int = 0,
     ) -> None:
         super().__init__()
         if not 0.0 < subset_fraction <= 1.0:
@@ -96,6 +104,10 @@ class BeeDataModule(pl.LightningDataModule):
             raise ValueError(f"data.repeat_factor_threshold must be > 0 or null, got {repeat_factor_threshold}")
         self.repeat_factor_threshold = repeat_factor_threshold
         self.repeat_factors: RepeatFactors | None = None  # computed with the first training loader
+        if cache_bytes < 0:
+            raise ValueError(f"data.cache_bytes must be >= 0, got {cache_bytes}")
+        self.reduced_decode = reduced_decode
+        self.cache_bytes = int(cache_bytes)
 
         self.class_names: list[str] = []
         self.train_records: list[ImageRecord] = []
@@ -163,7 +175,8 @@ class BeeDataModule(pl.LightningDataModule):
     # ---- Lightning hooks ----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         self.load_labels()
-        self.train_dataset = DetectionDataset(self.train_records, self.train_transform)
+        self.train_dataset = DetectionDataset(self.train_records, self.train_transform,
+                                              reduced_decode=self.reduced_decode, cache_bytes=self.cache_bytes)
         self.val_dataset = DetectionDataset(self.val_records, None)
 
     def train_dataloader(self) -> DataLoader:
