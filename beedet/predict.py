@@ -30,8 +30,7 @@ from omegaconf import DictConfig
 
 from beedet.assembly import load_system
 from beedet.data.images import ImageError, find_images, load_image
-# FALLBACK_SCORE_THRESHOLD moved to beedet.detections; bench/inference.py still imports it from here.
-from beedet.detections import FALLBACK_SCORE_THRESHOLD, detections_document, score_threshold_for  # noqa: F401
+from beedet.detections import detections_document, score_threshold_for
 from beedet.visualize import draw_boxes, save_image
 
 log = logging.getLogger("beedet.predict")
