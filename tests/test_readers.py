@@ -117,6 +117,43 @@ def test_several_label_attributes_need_a_choice(tmp_path: Path) -> None:
     np.testing.assert_array_equal(adjusted.records[0].boxes, [[2, 2, 12, 12]])
 
 
+def test_failed_and_expired_tasks_are_skipped_and_counted(tmp_path: Path) -> None:
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        _write_jpeg(tmp_path / name, 64, 48)
+    # Ground Truth's output for data objects it could not label: metadata with failure-reason,
+    # with or without a label attribute. Neither may become an empty (bee-free) frame.
+    expired = {"source-ref": "b.jpg", "bees-metadata": {
+        "failure-reason": "ClientError: Annotation tasks expired.", "retry-count": 1}}
+    failed = _gt_line("c.jpg", "bees", [], {"0": "bee"})
+    failed["bees-metadata"]["failure-reason"] = "ClientError: no consolidated annotation"
+    manifest = _write_lines(tmp_path / "job.manifest", [
+        _gt_line("a.jpg", "bees", [(0, 1, 2, 10, 10)], {"0": "bee"}), expired, failed])
+
+    label_set = read_manifest(manifest)
+    assert [r.image_path.name for r in label_set.records] == ["a.jpg"]
+    assert [p.where for p in label_set.problems] == [f"{manifest}:2", f"{manifest}:3"]
+    assert all(p.action == "skipped" and "failed or expired" in p.reason for p in label_set.problems)
+    assert "Annotation tasks expired" in label_set.problems[0].reason
+    with pytest.raises(DataError, match="job.manifest:2"):
+        label_set.raise_if_strict(True)
+
+
+def test_chained_job_lines_without_the_chosen_attribute_are_counted(tmp_path: Path) -> None:
+    _write_jpeg(tmp_path / "a.jpg", 64, 48)
+    _write_jpeg(tmp_path / "b.jpg", 64, 48)
+    # An adjustment job run over part of the first job's output: only line 1 has both attributes.
+    first = _gt_line("a.jpg", "bees", [(0, 1, 2, 10, 10)], {"0": "bee"})
+    first.update(_gt_line("a.jpg", "bees-adjusted", [(0, 2, 2, 10, 10)], {"0": "bee"}))
+    manifest = _write_lines(tmp_path / "chained.manifest", [
+        first, _gt_line("b.jpg", "bees", [(0, 3, 3, 5, 5)], {"0": "bee"})])
+
+    original = read_manifest(manifest, label_attribute="bees")
+    assert len(original.records) == 2 and not original.problems
+    adjusted = read_manifest(manifest, label_attribute="bees-adjusted")
+    assert [r.image_path.name for r in adjusted.records] == ["a.jpg"]
+    assert len(adjusted.problems) == 1 and "no label attribute 'bees-adjusted'" in adjusted.problems[0].reason
+
+
 def test_class_map_gaps_and_plain_local_paths(tmp_path: Path) -> None:
     image = _write_jpeg(tmp_path / "imgs" / "a.jpg", 64, 48)
     manifest = _write_lines(tmp_path / "m.manifest", [

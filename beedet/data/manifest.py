@@ -180,7 +180,8 @@ def _find_label_attribute(path: Path, objects: list[dict[str, Any]]) -> str:
     listing = ", ".join(f"'{key}' ({n} lines)" for key, n in sorted(lines_per_candidate.items()))
     raise DataError(
         f"{path}: several bounding-box label attributes found: {listing}. This happens with "
-        f"chained or adjusted labeling jobs; set label_attribute to the one to train on."
+        f"chained or adjusted labeling jobs; choose the one to train on with data.train.label_attribute / "
+        f"data.val.label_attribute (or --label-attribute on the data CLIs)."
     )
 
 
@@ -190,6 +191,12 @@ def _parse_record(
     source_ref = obj.get("source-ref")
     if not isinstance(source_ref, str) or not source_ref:
         raise _LineError("no 'source-ref' (the image's location)")
+    metadata = obj.get(f"{attribute}-metadata")
+    metadata = metadata if isinstance(metadata, dict) else {}
+    failure = _failure_reason(metadata)
+    if failure is not None:
+        raise _LineError(f"the labeling task for this image failed or expired ('{attribute}-metadata' "
+                         f"failure-reason: {failure}), so it has no labels")
     label = obj.get(attribute)
     if not isinstance(label, dict):
         raise _LineError(f"no label attribute '{attribute}' (this image was not labelled by that job)")
@@ -198,9 +205,6 @@ def _parse_record(
     if not isinstance(annotations, list):
         raise _LineError(f"'{attribute}.annotations' is missing or not a list")
     boxes, labels = _boxes(annotations, attribute)
-
-    metadata = obj.get(f"{attribute}-metadata")
-    metadata = metadata if isinstance(metadata, dict) else {}
     image_path = resolver.resolve(source_ref)
     record = ImageRecord(
         image_path=image_path,
@@ -212,6 +216,20 @@ def _parse_record(
         source=where,
     )
     return record, _line_class_map(metadata, attribute)
+
+
+def _failure_reason(metadata: dict[str, Any]) -> str | None:
+    """The reason Ground Truth recorded for a data object it could not label, or None.
+
+    A task that fails, or that no worker finished before it expired, still gets a line in the
+    output manifest: its label metadata then holds ``failure-reason`` (e.g. "ClientError: Annotation
+    tasks expired.", "ClientError: no consolidated annotation") and usually no label. Such a line
+    is not an image without bees, so it is skipped and counted, never read as an empty frame.
+    """
+    reason = metadata.get("failure-reason")
+    if reason is None:
+        return None
+    return str(reason).strip() or "(empty)"
 
 
 def _image_size(label: dict[str, Any]) -> tuple[int, int]:
