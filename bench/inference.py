@@ -37,9 +37,7 @@ import argparse
 import contextlib
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -228,49 +226,23 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def local_server(ckpt: Path, tmp: Path, timeout: float, threads: int | None) -> Iterator[Any]:
-    """``python -m beedet.serve ckpt=... port=N`` in a subprocess (with ``threads`` OpenMP threads,
+    """``python -m beedet.serve ckpt=...`` in a subprocess (with ``threads`` OpenMP threads,
     None: the default); yields an ``httpx.Client`` on it once ``GET /ping`` answers 200, and stops
     the server afterwards."""
     import httpx
 
-    port = _free_port()
-    log_path = tmp / "serve.log"
+    from beedet.serving.local_server import ServerStartError, running_server
+
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "BEEDET_OUTPUT_DIR": str(tmp / "outputs"),
            **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "beedet.serve", f"ckpt={ckpt.resolve()}", f"port={port}", "host=127.0.0.1"],
-                                cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300.0)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"beedet.serve exited ({proc.returncode}) before answering /ping:\n{log_path.read_text()[-4000:]}")
-            try:
-                if client.get("/ping").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"beedet.serve did not answer GET /ping within {timeout:.0f} s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(0.5)
-        yield client
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with running_server([f"ckpt={ckpt.resolve()}"], log_path=tmp / "serve.log", timeout=timeout, env=env, cwd=REPO) as url, \
+                httpx.Client(base_url=url, timeout=300.0) as client:
+            yield client
+    except ServerStartError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def post_invocation(client: Any, body: bytes) -> bytes:

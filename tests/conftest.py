@@ -99,3 +99,26 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     assert ckpt.is_file(), f"training wrote no best.ckpt in {run_dir}"
     return ckpt
+
+
+# Limits the shared server enforces (tests/test_server.py sends bodies just over and under them).
+SERVER_MAX_BODY_BYTES = 1_000_000
+SERVER_MAX_PIXELS = 3_000_000  # a 1920x1080 frame is 2.07 MP
+
+
+@pytest.fixture(scope="session")
+def local_server(tiny_checkpoint, tmp_path_factory):
+    """``(base URL, log file)`` of one ``python -m beedet.serve serve`` for the whole session,
+    started as the serving image starts it: a model directory as SageMaker unpacks it, on a free
+    loopback port, with the SERVER_* limits. The server tests and the Lambda end-to-end tests share
+    it, so the suite loads a model server once."""
+    from beedet.serving.local_server import running_server
+
+    tmp = tmp_path_factory.mktemp("server")
+    (tmp / "model").mkdir()
+    (tmp / "model" / "model.ckpt").symlink_to(tiny_checkpoint)
+    log = tmp / "server.log"
+    args = ["serve", f"model_dir={tmp / 'model'}", f"max_body_bytes={SERVER_MAX_BODY_BYTES}",
+            f"max_pixels={SERVER_MAX_PIXELS}"]
+    with running_server(args, log_path=log, cwd=REPO) as url:
+        yield url, log

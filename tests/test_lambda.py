@@ -12,10 +12,8 @@ import importlib.util
 import io
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -26,6 +24,8 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from conftest import REPO
+
+from beedet.serving.local_server import free_port
 
 DEPLOY = REPO / "deploy"
 TEMPLATE = DEPLOY / "template.yaml"
@@ -328,14 +328,8 @@ def test_a_timeout_is_a_502_after_one_attempt(handler):
     assert len(attempts) == 1 and attempts[0].endswith(f"/endpoints/{ENDPOINT}/invocations")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_endpoint_url_override_and_an_unreachable_endpoint(handler, monkeypatch):
-    port = _free_port()  # closed again: nothing listens there
+    port = free_port()  # closed again: nothing listens there
     monkeypatch.setenv(handler.ENDPOINT_URL_ENV, f"http://127.0.0.1:{port}")
     handler._client = None
     assert handler.runtime_client().meta.endpoint_url == f"http://127.0.0.1:{port}"
@@ -354,36 +348,9 @@ def test_missing_endpoint_name_is_a_500_that_says_so(handler, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def local_endpoint(tiny_checkpoint):
-    """``python -m beedet.serve`` on a free loopback port; yields its base URL once /ping answers."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "beedet.serve", f"ckpt={tiny_checkpoint}", f"port={port}", "host=127.0.0.1"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"beedet.serve exited with {proc.returncode}:\n{proc.stdout.read()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"{base}/ping", timeout=2) as reply:
-                    if reply.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"beedet.serve did not answer GET {base}/ping within 180 s")
-            time.sleep(0.5)
-        yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def local_endpoint(local_server):
+    """The session's ``python -m beedet.serve`` (conftest.local_server): its base URL."""
+    return local_server[0]
 
 
 def _post_directly(base: str, image: bytes, accept: str) -> tuple[bytes, str]:

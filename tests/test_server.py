@@ -8,11 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,10 +17,10 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import SERVER_MAX_BODY_BYTES, SERVER_MAX_PIXELS
 
-MAX_BODY_BYTES = 1_000_000
-MAX_PIXELS = 3_000_000  # a 1920x1080 frame is 2.07 MP
+MAX_BODY_BYTES = SERVER_MAX_BODY_BYTES
+MAX_PIXELS = SERVER_MAX_PIXELS
 
 
 def bee_frame(honeybee_mini: Path) -> Path:
@@ -41,47 +37,9 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def server(tiny_checkpoint, tmp_path_factory):
-    """Base URL and log file of ``python -m beedet.serve serve`` on a free loopback port, serving a
-    model directory as SageMaker unpacks it, once /ping answers."""
-    tmp = tmp_path_factory.mktemp("server")
-    (tmp / "model").mkdir()
-    (tmp / "model" / "model.ckpt").symlink_to(tiny_checkpoint)
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp / "server.log"
-    cmd = [sys.executable, "-m", "beedet.serve", "serve", f"model_dir={tmp / 'model'}", "host=127.0.0.1", f"port={port}",
-           f"max_body_bytes={MAX_BODY_BYTES}", f"max_pixels={MAX_PIXELS}"]
-    with log.open("w") as out:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"beedet.serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(f"{base}/ping", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"beedet.serve did not answer GET {base}/ping within 180 s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.3)
-        yield base, log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def server(local_server):
+    return local_server
 
 
 @pytest.fixture
@@ -226,3 +184,14 @@ def test_the_server_needs_exactly_one_model(tmp_path):
     for ckpt, model_dir in [(None, None), ("best.ckpt", str(tmp_path))]:
         with pytest.raises(SystemExit, match="exactly one of ckpt=PATH"):
             model_checkpoint(ckpt, model_dir)
+
+
+def test_a_server_that_cannot_start_says_why(tmp_path):
+    from beedet.serving.local_server import ServerStartError, running_server
+
+    missing = tmp_path / "no-such.ckpt"
+    with pytest.raises(ServerStartError, match="exited with status") as info:
+        with running_server([f"ckpt={missing}"], log_path=tmp_path / "serve.log", timeout=120):
+            pass
+    # The message carries beedet.serve's own log, which names the missing file.
+    assert str(missing) in str(info.value)
