@@ -1,4 +1,5 @@
-"""Convert labelled data between Ground Truth manifests, COCO JSON and YOLO txt.
+"""Convert labelled data to a Ground Truth manifest, COCO JSON or YOLO txt, from any format beedet
+reads (those three, RecordIO, the built-in detector's per-image JSON, Label Studio, Pascal VOC).
 
     python -m beedet.data.convert train.manifest train_coco.json --to coco
     python -m beedet.data.convert train_coco.json yolo_train/ --to yolo
@@ -27,7 +28,8 @@ from beedet.data.yolo import write_yolo
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m beedet.data.convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("src", help="a .manifest/.jsonl file, a COCO .json file or a YOLO split folder")
+    parser.add_argument("src", help="labelled data: a Ground Truth .manifest/.jsonl, a COCO .json, a YOLO split folder, a RecordIO .rec, "
+                             "a folder of the built-in detector's per-image .json, a Label Studio export .json, or VOC .xml")
     parser.add_argument("dst", type=Path, help="output: a manifest or COCO file, or a YOLO folder")
     parser.add_argument("--to", required=True, choices=("manifest", "coco", "yolo"), help="output format")
     add_source_arguments(parser)

@@ -122,7 +122,10 @@ class BeeDataModule(pl.LightningDataModule):
         train_set = self._read_checked(self.train_source)
         if self.val_source is not None:
             val_set = self._read_checked(self.val_source)
-            if val_set.class_names != train_set.class_names:
+            names = _shared_class_names(train_set.class_names, val_set.class_names)
+            if names is not None:
+                train_set.class_names = val_set.class_names = names
+            else:
                 # A class map that differs between splits would silently relabel classes.
                 raise DataError(
                     f"class names differ between train ({self.train_source.name}: {train_set.class_names}) "
@@ -217,3 +220,15 @@ class BeeDataModule(pl.LightningDataModule):
             collate_fn=collate_detection,
             persistent_workers=self.num_workers > 0,
         )
+
+
+def _shared_class_names(train: list[str], val: list[str]) -> list[str] | None:
+    """The class names both splits use, or None when they disagree. Formats without names (RecordIO,
+    YOLO without data.yaml) number their classes ``class_<i>``; beside a split that names them,
+    the names win, as long as every numbered id has a name."""
+    if train == val:
+        return list(train)
+    for unnamed, named in ((train, val), (val, train)):
+        if unnamed == [f"class_{i}" for i in range(len(unnamed))] and len(unnamed) <= len(named):
+            return list(named)
+    return None

@@ -3,7 +3,8 @@
     python -m beedet.data.inspect ../shared/data/honeybee-mini/train.manifest
     python -m beedet.data.inspect ../shared/data/honeybee-mini/train --markdown report.md
 
-Reads the data (manifest, COCO or YOLO), checks every record against its image (missing,
+Reads the data (Ground Truth manifest, COCO, YOLO, RecordIO, the built-in detector's per-image JSON,
+Label Studio export or Pascal VOC), checks every record against its image (missing,
 corrupt or truncated files, wrong sizes, boxes outside the image, unknown classes) and prints
 counts, boxes per class, box-size percentiles and every problem. ``--strict`` exits with status
 1 when there is any problem, for CI on a labelling repository.
@@ -24,7 +25,8 @@ from beedet.data.sources import add_source_arguments, source_from_args
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m beedet.data.inspect", description=__doc__.split("\n\n")[0])
-    parser.add_argument("data", help="a .manifest/.jsonl file, a COCO .json file or a YOLO split folder")
+    parser.add_argument("data", help="labelled data: a Ground Truth .manifest/.jsonl, a COCO .json, a YOLO split folder, a RecordIO .rec, "
+                             "a folder of the built-in detector's per-image .json, a Label Studio export .json, or VOC .xml")
     add_source_arguments(parser)
     parser.add_argument("--no-verify", action="store_true",
                         help="read image headers only instead of decoding every image (faster, "

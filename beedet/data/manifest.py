@@ -200,11 +200,11 @@ def _parse_record(
     label = obj.get(attribute)
     if not isinstance(label, dict):
         raise _LineError(f"no label attribute '{attribute}' (this image was not labelled by that job)")
-    width, height = _image_size(label)
+    width, height = image_size_of(label)
     annotations = label.get("annotations")
     if not isinstance(annotations, list):
         raise _LineError(f"'{attribute}.annotations' is missing or not a list")
-    boxes, labels = _boxes(annotations, attribute)
+    boxes, labels = boxes_from_annotations(annotations, attribute)
     image_path = resolver.resolve(source_ref)
     record = ImageRecord(
         image_path=image_path,
@@ -232,7 +232,9 @@ def _failure_reason(metadata: dict[str, Any]) -> str | None:
     return str(reason).strip() or "(empty)"
 
 
-def _image_size(label: dict[str, Any]) -> tuple[int, int]:
+def image_size_of(label: dict[str, Any]) -> tuple[int, int]:
+    """``(width, height)`` from Ground Truth's ``image_size`` (a list of one object, or the object);
+    raises ValueError with the reason. Shared with the built-in algorithm's per-image JSON."""
     sizes = label.get("image_size")
     size = sizes[0] if isinstance(sizes, list) and sizes else sizes
     try:
@@ -244,7 +246,10 @@ def _image_size(label: dict[str, Any]) -> tuple[int, int]:
     return width, height
 
 
-def _boxes(annotations: list[Any], attribute: str) -> tuple[np.ndarray, np.ndarray]:
+def boxes_from_annotations(annotations: list[Any], attribute: str) -> tuple[np.ndarray, np.ndarray]:
+    """xyxy pixel boxes and class ids from Ground Truth annotations (``class_id, left, top, width,
+    height`` in pixels; the built-in algorithm's per-image JSON uses the same objects); raises
+    ValueError naming ``attribute.annotations[i]``."""
     boxes = np.zeros((len(annotations), 4), dtype=np.float32)
     labels = np.zeros((len(annotations),), dtype=np.int64)
     for i, ann in enumerate(annotations):

@@ -13,11 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from beedet.data.coco import read_coco
+from beedet.data.image_json import ANNOTATION_SUFFIX, read_image_json
+from beedet.data.label_studio import class_names_from_config, read_label_studio
 from beedet.data.manifest import read_manifest
+from beedet.data.recordio import read_recordio
 from beedet.data.records import LabelSet
+from beedet.data.voc import read_voc
 from beedet.data.yolo import read_yolo
 
-FORMATS = ("auto", "manifest", "coco", "yolo")
+FORMATS = ("auto", "manifest", "coco", "yolo", "recordio", "image-json", "label-studio", "voc")
 # The prefix the synthetic generator writes into source-ref, mapped back onto its root on reading.
 SYNTHETIC_S3_PREFIX = "s3://beedet-synthetic/"
 
@@ -80,6 +84,89 @@ class YoloSource:
 
 
 @dataclass
+class RecordIOSource:
+    """An MXNet RecordIO ``.rec`` packed by im2rec for SageMaker's built-in detector; see
+    :func:`beedet.data.recordio.read_recordio` (its images are extracted to ``extract_dir``)."""
+
+    path: str | Path
+    idx: str | Path | None = None
+    lst: str | Path | None = None
+    extract_dir: str | Path | None = None
+    class_names: Sequence[str] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def read(self) -> LabelSet:
+        return read_recordio(Path(self.path), idx_path=_path(self.idx), lst_path=_path(self.lst),
+                             extract_dir=_path(self.extract_dir),
+                             class_names=list(self.class_names) if self.class_names is not None else None)
+
+
+@dataclass
+class ImageJsonSource:
+    """The built-in detector's "image format": one JSON per image in ``annotations``, images in
+    ``images`` (default: ``train`` beside ``train_annotation``); see :mod:`beedet.data.image_json`."""
+
+    annotations: str | Path
+    images: str | Path | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.annotations)
+
+    def read(self) -> LabelSet:
+        return read_image_json(Path(self.annotations), _path(self.images))
+
+
+@dataclass
+class LabelStudioSource:
+    """A Label Studio JSON export; see :func:`beedet.data.label_studio.read_label_studio`. Class ids
+    follow ``class_names``, else the labeling config ``config``, else sorted names."""
+
+    path: str | Path
+    image_root: str | Path | None = None
+    class_names: Sequence[str] | None = None
+    config: str | Path | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def read(self) -> LabelSet:
+        names = list(self.class_names) if self.class_names is not None else None
+        if names is None and self.config is not None:
+            names = class_names_from_config(Path(self.config))
+        return read_label_studio(Path(self.path), image_root=_path(self.image_root), class_names=names)
+
+
+@dataclass
+class VocSource:
+    """Pascal VOC XML (CVAT, LabelImg); see :func:`beedet.data.voc.read_voc`."""
+
+    path: str | Path
+    image_root: str | Path | None = None
+    class_names: Sequence[str] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def read(self) -> LabelSet:
+        return read_voc(Path(self.path), image_root=_path(self.image_root),
+                        class_names=list(self.class_names) if self.class_names is not None else None)
+
+
+# Every source that reads labelled files (what source_for_path returns).
+FileSource = ManifestSource | CocoSource | YoloSource | RecordIOSource | ImageJsonSource | LabelStudioSource | VocSource
+
+
+def _path(value: str | Path | None) -> Path | None:
+    return Path(value) if value is not None else None
+
+
+@dataclass
 class SyntheticSource:
     """Seeded synthetic bees, generated once under ``root`` as a Ground Truth manifest plus JPEGs,
     then read back through the same manifest reader real labeling-job output goes through."""
@@ -104,23 +191,45 @@ class SyntheticSource:
 
 
 def detect_format(path: Path) -> str:
-    """``manifest`` for ``.manifest``/``.jsonl``, ``coco`` for ``.json``, ``yolo`` for a folder
-    holding ``images/`` (or an ``images`` folder itself)."""
+    """The format of ``path``, from its name and, for ``.json``, its top level:
+
+    ``.manifest``/``.jsonl`` -> manifest; ``.rec`` -> recordio; ``.xml`` -> voc; ``.json`` -> coco
+    (an object with ``images``) or label-studio (a list of tasks). A folder: yolo when it holds (or
+    is) ``images/``; voc when it holds ``Annotations/`` or ``.xml`` files; image-json when it is a
+    ``*_annotation`` channel or holds ``.json`` files.
+    """
     path = Path(path)
     if path.is_dir():
         if (path / "images").is_dir() or path.name == "images":
             return "yolo"
-        raise ValueError(f"{path}: a folder is read as YOLO, but it has no images/ subfolder "
-                         f"(point at a split folder such as train/)")
+        if (path / "Annotations").is_dir() or next(path.glob("*.xml"), None) is not None:
+            return "voc"
+        if path.name.endswith(ANNOTATION_SUFFIX) or next(path.glob("*.json"), None) is not None:
+            return "image-json"
+        raise ValueError(f"{path}: cannot tell the format of this folder: no images/ subfolder (YOLO), no "
+                         f"Annotations/ or .xml files (VOC), no .json files (the built-in detector's image format)")
     suffix = path.suffix.lower()
     if suffix in (".manifest", ".jsonl"):
         return "manifest"
+    if suffix in (".rec", ".xml"):
+        return "recordio" if suffix == ".rec" else "voc"
     if suffix == ".json":
-        return "coco"
+        return _json_format(path)
     if not path.exists():
         raise ValueError(f"{path}: not found")
     raise ValueError(f"{path}: cannot tell the format from the name; pass the format explicitly "
-                     f"(manifest, coco or yolo)")
+                     f"({', '.join(FORMATS[1:])})")
+
+
+def _json_format(path: Path) -> str:
+    # Peek at the first non-space character: a list is Label Studio's export, an object COCO's.
+    # (The whole file is parsed by the reader; a missing file is reported there too.)
+    try:
+        with path.open("rb") as f:
+            head = f.read(4096).lstrip()
+    except OSError:
+        return "coco"
+    return "label-studio" if head.startswith(b"[") else "coco"
 
 
 def source_for_path(
@@ -133,7 +242,12 @@ def source_for_path(
     image_root: str | Path | None = None,
     labels: str | Path | None = None,
     class_names: Sequence[str] | None = None,
-) -> ManifestSource | CocoSource | YoloSource:
+    images: str | Path | None = None,
+    extract_dir: str | Path | None = None,
+    lst: str | Path | None = None,
+    idx: str | Path | None = None,
+    label_studio_config: str | Path | None = None,
+) -> FileSource:
     """The source reading ``path`` in format ``fmt`` (``auto`` looks at the path; see
     :func:`detect_format`). Options that the format does not use raise ValueError, so a
     mistyped command line fails instead of being silently ignored."""
@@ -142,17 +256,30 @@ def source_for_path(
     path = Path(path)
     fmt = detect_format(path) if fmt == "auto" else fmt
     options = {"label_attribute": label_attribute, "local_root": local_root, "s3_prefix": s3_prefix,
-               "image_root": image_root, "labels": labels, "class_names": class_names}
+               "image_root": image_root, "labels": labels, "class_names": class_names, "images": images,
+               "extract_dir": extract_dir, "lst": lst, "idx": idx, "label_studio_config": label_studio_config}
     if fmt == "manifest":
         used = {"label_attribute", "local_root", "s3_prefix"}
         source = ManifestSource(path, label_attribute=label_attribute, local_root=local_root, s3_prefix=s3_prefix)
     elif fmt == "coco":
         used = {"image_root"}
         source = CocoSource(path, image_root=image_root)
-    else:
+    elif fmt == "yolo":
         used = {"labels", "class_names"}
-        images = path if path.name == "images" or not (path / "images").is_dir() else path / "images"
-        source = YoloSource(images, labels=labels, class_names=class_names)
+        yolo_images = path if path.name == "images" or not (path / "images").is_dir() else path / "images"
+        source = YoloSource(yolo_images, labels=labels, class_names=class_names)
+    elif fmt == "recordio":
+        used = {"extract_dir", "lst", "idx", "class_names"}
+        source = RecordIOSource(path, idx=idx, lst=lst, extract_dir=extract_dir, class_names=class_names)
+    elif fmt == "image-json":
+        used = {"images"}
+        source = ImageJsonSource(path, images=images)
+    elif fmt == "label-studio":
+        used = {"image_root", "class_names", "label_studio_config"}
+        source = LabelStudioSource(path, image_root=image_root, class_names=class_names, config=label_studio_config)
+    else:
+        used = {"image_root", "class_names"}
+        source = VocSource(path, image_root=image_root, class_names=class_names)
     unused = sorted(k for k, v in options.items() if v is not None and k not in used)
     if unused:
         raise ValueError(f"{', '.join(unused)} does not apply to {fmt} data ({path})")
@@ -163,20 +290,28 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """The reader options shared by the data CLIs (``inspect``, ``convert``)."""
     group = parser.add_argument_group("reading")
     group.add_argument("--format", "--from", dest="format", choices=FORMATS, default="auto",
-                       help="input format; auto: .manifest/.jsonl -> manifest, .json -> coco, "
-                            "a folder with images/ -> yolo")
+                       help="input format; auto: .manifest/.jsonl -> manifest, .json -> coco (an object) or "
+                            "label-studio (a list), .rec -> recordio, .xml or a folder of them -> voc, a folder with "
+                            "images/ -> yolo, a folder of .json -> image-json")
     group.add_argument("--label-attribute", help="manifest: the key holding the boxes (default: found automatically)")
     group.add_argument("--local-root", help="manifest: folder that s3:// source-refs map into "
                                             "(default: the manifest's folder)")
     group.add_argument("--s3-prefix", help="manifest: the S3 prefix that --local-root corresponds to "
                                            "(default: found by stripping key parts until the file exists)")
-    group.add_argument("--image-root", help="coco: folder that file_name is relative to")
+    group.add_argument("--image-root", help="coco, label-studio, voc: folder the image paths resolve under")
     group.add_argument("--labels", help="yolo: labels folder (default: the sibling labels/ of images/)")
     group.add_argument("--class-names", type=lambda s: [n.strip() for n in s.split(",")],
-                       help="yolo: comma-separated class names, id order (default: data.yaml, else class_<i>)")
+                       help="yolo, recordio, label-studio, voc: comma-separated class names in id order "
+                            "(default: yolo's data.yaml; else class_<i> for recordio, sorted names for the others)")
+    group.add_argument("--images", help="image-json: the images folder (default: train/ beside train_annotation/)")
+    group.add_argument("--extract-dir", help="recordio: folder the images are extracted to (default: <stem>_images/)")
+    group.add_argument("--lst", help="recordio: the im2rec .lst naming the images (default: <stem>.lst if present)")
+    group.add_argument("--idx", help="recordio: the .idx index to check (default: <stem>.idx if present)")
+    group.add_argument("--label-studio-config", help="label-studio: the labeling config whose labels give the class order")
 
 
-def source_from_args(args: argparse.Namespace, path: str | Path) -> ManifestSource | CocoSource | YoloSource:
+def source_from_args(args: argparse.Namespace, path: str | Path) -> FileSource:
     return source_for_path(path, args.format, label_attribute=args.label_attribute, local_root=args.local_root,
                            s3_prefix=args.s3_prefix, image_root=args.image_root, labels=args.labels,
-                           class_names=args.class_names)
+                           class_names=args.class_names, images=args.images, extract_dir=args.extract_dir,
+                           lst=args.lst, idx=args.idx, label_studio_config=args.label_studio_config)

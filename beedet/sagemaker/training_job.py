@@ -10,7 +10,9 @@ How the container becomes overrides (each skipped when the job's hyperparameters
   ``data.val``; with a train channel and no validation channel, ``data.val=null`` splits
   ``data.val_fraction`` off the training images. A channel directory holds a Ground Truth manifest
   (``*.manifest`` / ``*.jsonl``, its ``s3://`` source-refs resolved into the channel directory),
-  else a COCO ``*.json``, else a YOLO ``images/`` + ``labels/`` folder. Other channels (the SDK v3's
+  else the built-in detector's RecordIO ``*.rec``, else a COCO (or Label Studio) ``*.json``, else
+  a YOLO ``images/`` + ``labels/`` folder; with a ``train_annotation`` (``validation_annotation``)
+  channel beside it, the built-in detector's image format: images here, one JSON per image there. Other channels (the SDK v3's
   ``code`` and ``sm_drivers``, or ``test``) are not training data and are left alone.
 * **outputs**: ``run_dir=$SM_OUTPUT_DATA_DIR`` (metrics.json, report.md, data_report.md, .hydra/:
   SageMaker packs them into ``output.tar.gz``); TensorBoard events go to
@@ -40,6 +42,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from beedet.compose import CONF_DIR
+from beedet.data.image_json import ANNOTATION_SUFFIX
+from beedet.data.sources import detect_format
 from beedet.sagemaker.environment import SageMakerEnvironment, SageMakerEnvironmentError
 from beedet.sagemaker.hyperparameters import (
     EXPERIMENT_KEY,
@@ -149,16 +153,31 @@ def job_overrides(sm: SageMakerEnvironment, cfg: DictConfig, hyperparameters: Ma
     return overrides
 
 
-def channel_source(channel_dir: Path, split: str, channel: str, manifest: str | None = None) -> dict[str, Any]:
+def channel_source(channel_dir: Path, split: str, channel: str, manifest: str | None = None,
+                   annotation_dir: Path | None = None) -> dict[str, Any]:
     """The ``beedet.data.sources`` config (``{"_target_": ..., ...}``) reading the labels in a
     channel directory, for ``split`` (``train`` or ``val``); ``manifest``: the manifest to read
-    (the job's ``--data.<split>.path``), else found in the directory. Raises
-    :class:`SageMakerJobError` when the directory holds no labels beedet reads, or several candidates."""
+    (the job's ``--data.<split>.path``), else found in the directory; ``annotation_dir``: the
+    split's ``<channel>_annotation`` channel (the built-in detector's image format: images here,
+    one JSON per image there). Raises :class:`SageMakerJobError` when the directory holds no
+    labels beedet reads, or several candidates."""
     channel_dir = Path(channel_dir)
     where = f"channel '{channel}' ({channel_dir})"
     if not channel_dir.is_dir():
         raise SageMakerJobError(f"{where}: the directory does not exist")
+    if annotation_dir is not None:
+        return {"_target_": "beedet.data.sources.ImageJsonSource", "annotations": str(annotation_dir),
+                "images": str(channel_dir)}
     files = sorted(p for p in channel_dir.iterdir() if p.is_file())
+    records = [p for p in files if p.suffix.lower() == ".rec"]
+    if len(records) > 1:
+        records = [p for p in records if p.stem.lower().split(".")[0] in _SPLIT_STEMS[split]] or records
+    if len(records) == 1:
+        # The built-in detector's RecordIO channel (im2rec's .rec, with its .idx / .lst when given).
+        return {"_target_": "beedet.data.sources.RecordIOSource", "path": str(records[0])}
+    if len(records) > 1:
+        raise SageMakerJobError(f"{where} holds several RecordIO files ({', '.join(p.name for p in records)}): "
+                                f"give each split its own channel")
     manifests = [Path(manifest.strip("'\""))] if manifest else [p for p in files if p.suffix.lower() in MANIFEST_SUFFIXES]
     if len(manifests) > 1:
         # One S3 prefix holding every split's manifest (train.manifest, valid.manifest) may be
@@ -171,6 +190,8 @@ def channel_source(channel_dir: Path, split: str, channel: str, manifest: str | 
         raise SageMakerJobError(f"{where} holds several manifests ({', '.join(p.name for p in manifests)}): pick one "
                                 f"with the hyperparameter --data.{split}.path {channel_dir}/<name>")
     coco = [p for p in files if p.suffix.lower() == ".json"]
+    if len(coco) == 1 and detect_format(coco[0]) == "label-studio":
+        return {"_target_": "beedet.data.sources.LabelStudioSource", "path": str(coco[0]), "image_root": str(channel_dir)}
     if len(coco) == 1:
         return {"_target_": "beedet.data.sources.CocoSource", "path": str(coco[0]), "image_root": str(channel_dir)}
     if (channel_dir / "images").is_dir():
@@ -178,7 +199,8 @@ def channel_source(channel_dir: Path, split: str, channel: str, manifest: str | 
     found = ", ".join(p.name for p in sorted(channel_dir.iterdir())[:10]) or "nothing"
     raise SageMakerJobError(
         f"{where} holds no labels beedet reads: expected a Ground Truth manifest (*.manifest or *.jsonl, "
-        f"source-ref images under the channel's S3 prefix), a COCO *.json, or a YOLO images/ + labels/ folder; found {found}")
+        f"source-ref images under the channel's S3 prefix), a RecordIO *.rec, a COCO or Label Studio *.json, "
+        f"a YOLO images/ + labels/ folder, or images with a '{channel}_annotation' channel of per-image JSON; found {found}")
 
 
 def _channel_overrides(channels: Mapping[str, Path], hyperparameters: Mapping[str, str]) -> list[str]:
@@ -196,8 +218,10 @@ def _channel_overrides(channels: Mapping[str, Path], hyperparameters: Mapping[st
         if split not in by_split or not unset(key):
             continue
         name, directory = by_split[split]
+        annotations = {n.lower(): d for n, d in channels.items()}.get(f"{name.lower()}{ANNOTATION_SUFFIX}")
         # Delete, then add: a source of another type (synthetic -> manifest) has other keys.
-        source = channel_source(directory, split, name, manifest=hyperparameters.get(f"{key}.path"))
+        source = channel_source(directory, split, name, manifest=hyperparameters.get(f"{key}.path"),
+                                annotation_dir=annotations)
         overrides += [f"~{key}", f"+{key}={_hydra_dict(source)}"]
         if split == "train" and unset("data.root"):
             overrides.append(f"data.root={_quote(directory)}")
