@@ -4,6 +4,7 @@
     python train.py +experiment=honeybee_ssd300_resnet50 trainer=gpu
     python train.py -m optimizer.lr=0.001,0.003,0.01   # a Hydra sweep
     python train.py run_dir=outputs/synthetic/<stamp> ckpt_path=last   # resume a killed run
+    python train.py --base_network resnet-50 --epochs 2 --mini_batch_size 8   # the built-in detector's names
 
 As a SageMaker training job's entry point it takes the job's `--key value` hyperparameters
 (`--experiment honeybee_tiled --trainer.max_epochs 50`) and the SM_* variables instead, and leaves
@@ -30,7 +31,7 @@ from beedet.evaluation.coco import record_box_areas, resolve_size_bins
 from beedet.reporting import final_metrics, hparams_for_logging, write_run_report
 from beedet.sagemaker.artifact import write_model_artifact
 from beedet.sagemaker.environment import SageMakerEnvironment, running_under_sagemaker
-from beedet.sagemaker.training_job import sagemaker_argv
+from beedet.sagemaker.training_job import local_arguments, sagemaker_argv
 
 log = logging.getLogger("beedet.train")
 
@@ -94,4 +95,8 @@ if __name__ == "__main__":
         # image of its own) and says where data, checkpoints and outputs live in SM_* variables:
         # all of it becomes Hydra overrides before Hydra parses the command line.
         sys.argv[1:] = sagemaker_argv(sys.argv[1:])
+    else:
+        # `python train.py --base_network resnet-50 --epochs 2`: a SageMaker built-in detector job's
+        # hyperparameters (or beedet's own keys as --key value) run locally exactly as in a job.
+        sys.argv[1:] = local_arguments(sys.argv[1:])
     main()

@@ -22,6 +22,7 @@ from beedet.checkpointing import AtomicCheckpointIO, load_checkpoint
 from beedet.data.datamodule import BeeDataModule
 from beedet.evaluation.coco import DEFAULT_MAX_DETECTIONS
 from beedet.losses import class_weights_from_counts
+from beedet.models.freezing import freeze_matching
 from beedet.system import DetectionModule
 from beedet.tiling import Slicing
 
@@ -44,6 +45,9 @@ def build_network(
 ) -> nn.Module:
     """The plain detection network. ``num_classes`` counts foreground classes (no background).
 
+    ``freeze_pattern`` in the model config (optional) is not a builder argument either: parameters
+    whose names match it are frozen after building (``beedet.models.freezing``).
+
     ``class_weight_power`` in the model config is not a builder argument: when it is > 0 and
     ``class_counts`` (training boxes per class id) are given, it becomes the builder's
     ``class_weights`` (``beedet.losses.class_weights_from_counts``). Without counts (evaluation,
@@ -51,11 +55,17 @@ def build_network(
     """
     params = OmegaConf.to_container(model_cfg, resolve=True)
     power = float(params.pop("class_weight_power", None) or 0.0)
+    freeze_pattern = params.pop("freeze_pattern", None)
     if power > 0 and class_counts is not None and "class_weights" not in overrides:
         overrides["class_weights"] = class_weights_from_counts(class_counts, power)
         log.info("class weights (class_weight_power=%g) for training box counts %s: %s", power, list(class_counts),
                  ", ".join(f"{w:.3g}" for w in overrides["class_weights"]))
-    return instantiate(params, num_classes=num_classes, **overrides, _convert_="all")
+    net = instantiate(params, num_classes=num_classes, **overrides, _convert_="all")
+    if freeze_pattern:
+        frozen = freeze_matching(net, freeze_pattern)
+        log.info("model.freeze_pattern=%r freezes %d parameter tensors (%s ... %s)", freeze_pattern, len(frozen),
+                 frozen[0], frozen[-1])
+    return net
 
 
 def build_system(

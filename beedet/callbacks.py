@@ -307,3 +307,24 @@ def tensorboard_pr_data(curve: PRCurveLike, num_gt: int | None = None, num_thres
     fn = n - tp
     tn = np.zeros_like(tp)
     return np.stack([tp, fp, tn, fn, p, tp / max(n, 1)])
+
+
+class RelativeEarlyStopping(pl.callbacks.EarlyStopping):
+    """Lightning's ``EarlyStopping`` that can also require a *relative* improvement: with
+    ``relative_min_delta`` r > 0, a new value counts as better only when it beats the best so far
+    by at least ``r * |best|`` (and by ``min_delta``). That is the built-in detector's
+    ``early_stopping_tolerance``: "the ratio of the change in mAP to the previous best mAP"."""
+
+    def __init__(self, *args: Any, relative_min_delta: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not 0.0 <= relative_min_delta <= 1.0:
+            raise ValueError(f"relative_min_delta must be in [0, 1], got {relative_min_delta}")
+        self.relative_min_delta = relative_min_delta
+        self._absolute_min_delta = self.min_delta  # signed by Lightning for the mode
+
+    def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, str | None]:
+        if self.relative_min_delta and torch.isfinite(self.best_score):
+            sign = 1.0 if self.monitor_op == torch.gt else -1.0
+            relative = self.relative_min_delta * abs(float(self.best_score))
+            self.min_delta = sign * max(abs(self._absolute_min_delta), relative)
+        return super()._evaluate_stopping_criteria(current)

@@ -214,8 +214,8 @@ def test_a_bad_key_lists_the_valid_ones(tmp_path, synthetic):
     assert "trainer.max_epoch" not in listed
     # From train.py's command line: a clear exit, and the reason in the job's failure file.
     with pytest.raises(SystemExit, match="unknown hyperparameter"):
-        sagemaker_argv(["--epochs", "5"], env)
-    assert "--epochs" in Path(env["SM_OUTPUT_DIR"], "failure").read_text()
+        sagemaker_argv(["--max_epochs", "5"], env)
+    assert "--max_epochs" in Path(env["SM_OUTPUT_DIR"], "failure").read_text()
 
 
 def test_channel_layouts(tmp_path):

@@ -63,6 +63,9 @@ class BeeDataModule(pl.LightningDataModule):
             decodes at full size.
         cache_bytes: training only: keep up to this many bytes of decoded (never augmented) frames
             in RAM, per DataLoader worker process (``beedet.data.dataset.DecodedFrameCache``).
+        num_classes: the number of classes the detector predicts, when it must be more than the
+            data names (the built-in detector's ``num_classes``): the extra ids get ``class_<i>``
+            names and no boxes. Fewer than the data's classes is a DataError. None: the data's.
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class BeeDataModule(pl.LightningDataModule):
         repeat_factor_threshold: float | None = None,
         reduced_decode: bool = False,
         cache_bytes: int = 0,
+        num_classes: int | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < subset_fraction <= 1.0:
@@ -108,6 +112,9 @@ class BeeDataModule(pl.LightningDataModule):
             raise ValueError(f"data.cache_bytes must be >= 0, got {cache_bytes}")
         self.reduced_decode = reduced_decode
         self.cache_bytes = int(cache_bytes)
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"data.num_classes must be >= 1 or null, got {num_classes}")
+        self.num_classes_wanted = num_classes
 
         self.class_names: list[str] = []
         self.train_records: list[ImageRecord] = []
@@ -147,7 +154,7 @@ class BeeDataModule(pl.LightningDataModule):
         if not val_records:
             raise DataError(f"no usable validation images (train: {self.train_source.name})")
 
-        self.class_names = list(train_set.class_names)
+        self.class_names = _padded_class_names(train_set.class_names, self.num_classes_wanted, self.train_source.name)
         self.train_records, self.val_records = train_records, val_records
         self.reports = {
             "train": DataReport.from_label_set(LabelSet(train_records, self.class_names, train_set.problems), name="train"),
@@ -232,3 +239,12 @@ def _shared_class_names(train: list[str], val: list[str]) -> list[str] | None:
         if unnamed == [f"class_{i}" for i in range(len(unnamed))] and len(unnamed) <= len(named):
             return list(named)
     return None
+
+
+def _padded_class_names(names: list[str], num_classes: int | None, source: str) -> list[str]:
+    if num_classes is None:
+        return list(names)
+    if num_classes < len(names):
+        raise DataError(f"data.num_classes={num_classes}, but {source} has {len(names)} classes ({', '.join(names)}); "
+                        f"num_classes must be at least the number of classes in the data")
+    return list(names) + [f"class_{i}" for i in range(len(names), num_classes)]

@@ -47,7 +47,19 @@ TRAIN_METRICS: dict[str, str] = {
     "train:loss_classification": "train/loss_classification",
     "train:loss_box": "train/loss_box",
 }
-METRICS: dict[str, str] = {**VALIDATION_METRICS, **TRAIN_METRICS}
+#: The built-in Object Detection algorithm's metric names (its tuning objective is validation:mAP)
+#: -> the beedet key each is printed from, when MetricLogLines(builtin_names=True). The built-in's
+#: mAP is Pascal VOC's, at IoU 0.5: beedet's AP50, not COCO's mAP@[.5:.95]. Its losses are SSD's
+#: two terms: softmax cross-entropy and smooth-L1 box regression.
+BUILTIN_VALIDATION_METRICS: dict[str, str] = {"validation:mAP": "val/AP50"}
+BUILTIN_TRAIN_METRICS: dict[str, str] = {
+    "train:cross_entropy": "train/loss_classification",
+    "train:smooth_l1": "train/loss_box",
+}
+#: Percent of the epochs done, printed with the training line in built-in mode.
+PROGRESS_METRIC = "train:progress"
+METRICS: dict[str, str] = {**VALIDATION_METRICS, **TRAIN_METRICS, **BUILTIN_VALIDATION_METRICS,
+                           **BUILTIN_TRAIN_METRICS, PROGRESS_METRIC: ""}
 
 LINE_PREFIX = "beedet metrics"
 # A float as Python's format(x, ".6g") writes it: 0.4123, -1, 1e-05, 12.5. SageMaker searches
@@ -80,7 +92,10 @@ class MetricLogLines(pl.Callback):
     ``DetectionModule`` logs (``trainer.callback_metrics`` for validation, the ``train/*`` values
     it logs per step for training), so it needs nothing from the module itself."""
 
-    def __init__(self) -> None:
+    def __init__(self, builtin_names: bool = False) -> None:
+        # builtin_names: also print the built-in detector's names (validation:mAP, train:progress,
+        # ...), so tuning jobs and dashboards written for it keep their metrics.
+        self.builtin_names = builtin_names
         self._sums: dict[str, torch.Tensor] = {}
         self._batches = 0
 
@@ -94,7 +109,7 @@ class MetricLogLines(pl.Callback):
         # Summed as detached tensors on the module's device: no host sync per step; the one
         # float() is at the end of the epoch.
         logged = trainer.callback_metrics
-        for name, key in TRAIN_METRICS.items():
+        for name, key in self._train_metrics().items():
             value = logged.get(key)
             if value is not None:
                 self._sums[name] = self._sums.get(name, 0) + value.detach()
@@ -103,6 +118,8 @@ class MetricLogLines(pl.Callback):
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.is_global_zero and self._batches and self._sums:
             means = {name: float(total) / self._batches for name, total in self._sums.items()}
+            if self.builtin_names and trainer.max_epochs:
+                means[PROGRESS_METRIC] = 100.0 * (trainer.current_epoch + 1) / trainer.max_epochs
             log.info(format_metric_line(trainer.current_epoch, trainer.global_step, means))
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -110,7 +127,11 @@ class MetricLogLines(pl.Callback):
         # the module's, where the metrics are logged.
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        values = {name: float(trainer.callback_metrics[key]) for name, key in VALIDATION_METRICS.items()
+        metrics = {**VALIDATION_METRICS, **(BUILTIN_VALIDATION_METRICS if self.builtin_names else {})}
+        values = {name: float(trainer.callback_metrics[key]) for name, key in metrics.items()
                   if key in trainer.callback_metrics}
         if values:
             log.info(format_metric_line(trainer.current_epoch, trainer.global_step, values))
+
+    def _train_metrics(self) -> dict[str, str]:
+        return {**TRAIN_METRICS, **(BUILTIN_TRAIN_METRICS if self.builtin_names else {})}

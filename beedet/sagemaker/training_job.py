@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,9 @@ from omegaconf import DictConfig
 from beedet.compose import CONF_DIR
 from beedet.data.image_json import ANNOTATION_SUFFIX
 from beedet.data.sources import detect_format
+from beedet.sagemaker.builtin_hyperparameters import NAMES as BUILTIN_NAMES
+from beedet.sagemaker.builtin_hyperparameters import log_notes as log_builtin_notes
+from beedet.sagemaker.builtin_hyperparameters import translate
 from beedet.sagemaker.environment import SageMakerEnvironment, SageMakerEnvironmentError
 from beedet.sagemaker.hyperparameters import (
     EXPERIMENT_KEY,
@@ -63,6 +66,11 @@ DATA_CHANNELS: dict[str, str] = {"train": "train", "training": "train", "validat
 # Manifest file names that say which split a manifest is, when one channel holds several.
 _SPLIT_STEMS = {"train": ("train", "training"), "val": ("validation", "valid", "val")}
 MANIFEST_SUFFIXES = (".manifest", ".jsonl")
+# Hydra's own command-line flags: `python train.py -m optimizer.lr=1e-3,3e-3` is Hydra's, not a job's.
+_HYDRA_FLAGS = frozenset({"-m", "--multirun", "-c", "--cfg", "-p", "--package", "-r", "--run", "-i", "--info",
+                          "-h", "--help", "--hydra-help", "--version", "--resolve", "-sc", "--shell-completion",
+                          "-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir",
+                          "--experimental-rerun"})
 # torchrun (and torch.distributed.launch) set these for every process they start.
 _TORCHRUN_VARIABLES = ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE")
 
@@ -99,17 +107,60 @@ def job_arguments(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
         return args
     sm = SageMakerEnvironment.from_env(env)
     hyperparameters = parse_hyperparameter_argv(args) if args else hyperparameters_from_json(sm.hyperparameters)
-    user = to_overrides(hyperparameters)
+    return hyperparameter_overrides(hyperparameters, lambda cfg, plain: job_overrides(sm, cfg, plain, env))
+
+
+def local_arguments(argv: Sequence[str]) -> list[str]:
+    """train.py's Hydra arguments for a local command line written as a job's hyperparameters
+    (``python train.py --base_network resnet-50 --epochs 2 --trainer.accelerator cpu``): the same
+    mapping as in a job, without the container. Hydra's own arguments come back unchanged. Exits
+    with the error's message when a key or value cannot be mapped."""
+    args = list(argv)
+    if not args or not is_hyperparameter_argv(args) or any(a in _HYDRA_FLAGS for a in args[::2]):
+        return args
+    try:
+        return hyperparameter_overrides(parse_hyperparameter_argv(args))
+    except HyperparameterError as exc:
+        raise SystemExit(f"train.py: {exc}") from None
+
+
+def hyperparameter_overrides(
+    hyperparameters: Mapping[str, str],
+    container: Callable[[DictConfig, Mapping[str, str]], list[str]] | None = None,
+) -> list[str]:
+    """The overrides for a job's ``{key: value text}``: the built-in detector's names translated
+    (:mod:`beedet.sagemaker.builtin_hyperparameters`), beedet's own keys checked against the
+    config they compose, and ``container(cfg, hyperparameters)``'s overrides (the job's data,
+    outputs and checkpoints) first. Raises :class:`HyperparameterError`."""
+    plain = {k: v for k, v in hyperparameters.items() if k not in BUILTIN_NAMES}
     groups = config_groups()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         # The experiment and group choices decide which keys exist; a bad plain key is then
         # reported by check_keys with the valid ones, not by Hydra.
-        choices = [o for o, key in zip(user, hyperparameters) if key in groups or key == EXPERIMENT_KEY]
-        job = job_overrides(sm, compose(config_name="train", overrides=choices), hyperparameters, env)
+        choices = [o for o, key in zip(to_overrides(plain), plain) if key in groups or key == EXPERIMENT_KEY]
+        epochs = plain.get("trainer.max_epochs") or compose(config_name="train", overrides=choices).trainer.max_epochs
+        builtin = translate(hyperparameters, default_epochs=int(epochs))
+        _refuse_double_settings(builtin.overrides, plain)
+        choices = [o for o in builtin.overrides if o.split("=", 1)[0] in groups] + choices
+        job = container(compose(config_name="train", overrides=choices), plain) if container else []
         # Keys as the job will have them: a channel's data source brings its own (data.train.path).
         valid = config_keys(compose(config_name="train", overrides=job + choices))
-    check_keys(hyperparameters, valid | groups | {EXPERIMENT_KEY})
-    return job + user
+    check_keys(plain, valid | groups | {EXPERIMENT_KEY} | BUILTIN_NAMES)
+    overrides = job + builtin.overrides + to_overrides(plain)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        compose(config_name="train", overrides=overrides)  # fails here, before any data is read
+    log_builtin_notes(builtin)
+    return overrides
+
+
+def _refuse_double_settings(builtin: Sequence[str], plain: Mapping[str, str]) -> None:
+    """A built-in name and a beedet key for the same setting (``epochs`` and ``trainer.max_epochs``)
+    would leave it to override order which one wins: refuse, naming both."""
+    for override in builtin:
+        key = override.split("=", 1)[0].lstrip("+")
+        if key in plain:
+            raise HyperparameterError(f"--{key} is set twice: directly ({plain[key]!r}) and by a built-in "
+                                      f"hyperparameter (as {override!r}); keep one")
 
 
 @functools.cache

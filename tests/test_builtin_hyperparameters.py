@@ -1,0 +1,196 @@
+"""SageMaker's built-in Object Detection hyperparameters and metric names, mapped onto beedet.
+
+The documentation's own example set (the built-in algorithm's VOC example) trains here unedited, as a
+SageMaker job; every documented name maps onto the real composed config or says why it has no
+effect; values beedet cannot honour are refused naming them."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import compose_config, run_script
+
+from beedet.sagemaker.builtin_hyperparameters import (
+    BUILTIN_HYPERPARAMETERS,
+    BuiltinHyperparameterError,
+    translate,
+)
+from beedet.sagemaker.hyperparameters import HyperparameterError
+from beedet.sagemaker.metrics import METRIC_DEFINITIONS, format_metric_line
+from beedet.sagemaker.training_job import hyperparameter_overrides, local_arguments
+
+# The built-in algorithm's documentation example (Object Detection, "set_hyperparameters").
+DOCUMENTATION_EXAMPLE = {
+    "base_network": "resnet-50", "use_pretrained_model": "1", "num_classes": "20", "mini_batch_size": "32",
+    "epochs": "1", "learning_rate": "0.001", "lr_scheduler_step": "3,6", "lr_scheduler_factor": "0.1",
+    "optimizer": "sgd", "momentum": "0.9", "weight_decay": "0.0005", "overlap_threshold": "0.5",
+    "nms_threshold": "0.45", "image_shape": "300", "label_width": "350", "num_training_samples": "16551",
+}
+# One valid value for every documented name (those the example leaves out).
+OTHER_VALUES = {"early_stopping": "True", "early_stopping_min_epochs": "3", "early_stopping_patience": "4",
+                "early_stopping_tolerance": "0.05", "freeze_layer_pattern": "^backbone\\.trunk\\.(conv1|bn1|layer1)\\.",
+                "kv_store": "dist_sync"}
+
+
+def test_every_documented_name_maps_onto_the_composed_config():
+    values = {**DOCUMENTATION_EXAMPLE, **OTHER_VALUES}
+    assert sorted(values) == sorted(h.name for h in BUILTIN_HYPERPARAMETERS)
+    overrides = hyperparameter_overrides(values)
+    cfg = compose_config(overrides)
+    assert cfg.model._target_ == "beedet.models.ssd.ssd_resnet" and cfg.model.depth == 50
+    assert cfg.model.image_size == 300 and cfg.model.pretrained_backbone is True
+    assert (cfg.model.iou_thresh, cfg.model.nms_thresh) == (0.5, 0.45)
+    assert cfg.model.freeze_pattern == OTHER_VALUES["freeze_layer_pattern"]
+    assert cfg.data.num_classes == 20 and cfg.data.batch_size == 32
+    assert cfg.trainer.max_epochs == 1 and cfg.trainer.min_epochs == 3
+    assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.nesterov is False
+    assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.001, 0.9, 0.0005)
+    # Epochs 3 and 6 of a 1-epoch run never come, as in the built-in: no milestones.
+    assert cfg.scheduler._target_ == "beedet.schedules.warmup_multistep" and list(cfg.scheduler.milestones) == []
+    assert cfg.scheduler.gamma == 0.1
+    assert cfg.callbacks.early_stopping._target_ == "beedet.callbacks.RelativeEarlyStopping"
+    assert (cfg.callbacks.early_stopping.patience, cfg.callbacks.early_stopping.relative_min_delta) == (4, 0.05)
+    assert cfg.callbacks.metric_log_lines.builtin_names is True
+    # The names without a counterpart are accepted and each says so.
+    notes = " ".join(translate(values, default_epochs=14).notes)
+    for name in ("num_training_samples", "label_width", "kv_store", "mini_batch_size", "lr_scheduler_step"):
+        assert name in notes
+
+
+@pytest.mark.parametrize(("values", "expected"), [
+    ({"lr_scheduler_step": "3,6", "epochs": "12"}, [0.25, 0.5]),
+    ({"lr_scheduler_step": "10"}, [10 / 14]),  # beedet's trainer.max_epochs (14) when epochs is not given
+])
+def test_lr_scheduler_steps_become_fractions_of_training(values, expected):
+    cfg = compose_config(hyperparameter_overrides(values))
+    assert list(cfg.scheduler.milestones) == pytest.approx(expected)
+
+
+def test_other_networks_and_shapes():
+    assert compose_config(hyperparameter_overrides({"base_network": "vgg-16"})).model._target_.endswith("ssd300_vgg16")
+    cfg = compose_config(hyperparameter_overrides({"base_network": "resnet-50", "image_shape": "512"}))
+    assert cfg.model.image_size == 512 and cfg.model.extra_channels  # conf/model/ssd512_resnet50.yaml
+    cfg = compose_config(hyperparameter_overrides({"base_network": "resnet-50", "image_shape": "416"}))
+    assert cfg.model.image_size == 416 and cfg.model.depth == 50
+    for optimizer, target in (("adam", "Adam"), ("rmsprop", "RMSprop"), ("adadelta", "Adadelta")):
+        assert compose_config(hyperparameter_overrides({"optimizer": optimizer})).optimizer._target_ == f"torch.optim.{target}"
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"base_network": "resnet-101"}, "base_network='resnet-101': expected 'vgg-16' or 'resnet-50'"),
+    ({"base_network": "vgg-16", "image_shape": "512"}, "image_shape=512 with base_network=vgg-16"),
+    ({"image_shape": "256"}, "image_shape=256"),
+    ({"optimizer": "nag"}, "optimizer='nag': expected one of sgd, adam, rmsprop, adadelta"),
+    ({"optimizer": "adadelta", "momentum": "0.9"}, "adadelta has no momentum"),
+    ({"mini_batch_size": "32.5"}, "mini_batch_size='32.5': expected a positive integer"),
+    ({"use_pretrained_model": "yes"}, "use_pretrained_model='yes': expected 0 or 1"),
+    ({"lr_scheduler_step": "6,3"}, "lr_scheduler_step='6,3'"),
+    ({"kv_store": "dist_async"}, "kv_store='dist_async'"),
+    ({"early_stopping_tolerance": "2", "early_stopping": "True"}, "early_stopping_tolerance='2'"),
+])
+def test_values_beedet_cannot_honour_are_named(values, message):
+    with pytest.raises(BuiltinHyperparameterError, match=re.escape(message)):
+        hyperparameter_overrides(values)
+
+
+def test_a_setting_given_twice_and_a_misspelt_name_are_refused():
+    with pytest.raises(HyperparameterError, match="trainer.max_epochs is set twice"):
+        hyperparameter_overrides({"epochs": "3", "trainer.max_epochs": "4"})
+    with pytest.raises(HyperparameterError, match="did you mean --mini_batch_size"):
+        hyperparameter_overrides({"mini_batch_sise": "8"})
+    with pytest.raises(SystemExit, match="did you mean --learning_rate"):
+        local_arguments(["--learning_rat", "0.1"])
+    # Hydra's own command lines are left alone.
+    assert local_arguments(["-m", "optimizer.lr=0.001,0.003"]) == ["-m", "optimizer.lr=0.001,0.003"]
+
+
+def test_the_built_in_metric_names_are_printed_and_read():
+    line = format_metric_line(2, 40, {"validation:mAP": 0.61, "train:progress": 50.0, "train:cross_entropy": 1.5,
+                                      "train:smooth_l1": 0.25, "val:AP50": 0.61})
+    read = {d["Name"]: re.findall(d["Regex"], line) for d in METRIC_DEFINITIONS}
+    assert read["validation:mAP"] == ["0.61"] and read["train:progress"] == ["50"]
+    assert read["train:cross_entropy"] == ["1.5"] and read["train:smooth_l1"] == ["0.25"]
+    assert read["val:mAP"] == []  # the built-in's validation:mAP is not beedet's val:mAP
+
+
+def _channel(root: Path, split: str, images: int) -> Path:
+    from beedet.data.synthetic import generate_split
+
+    channel = root / "input" / "data" / ("train" if split == "train" else "validation")
+    generate_split(channel, split, images, 256, 0)
+    return channel
+
+
+@pytest.mark.slow
+def test_the_documentation_example_trains_unedited_as_a_job(tmp_path):
+    import torchvision
+
+    ml = tmp_path / "opt" / "ml"
+    _channel(ml, "train", 6)
+    _channel(ml, "val", 4)
+    (ml / "input" / "config").mkdir(parents=True)
+    (ml / "input" / "config" / "inputdataconfig.json").write_text(json.dumps(
+        {c: {"TrainingInputMode": "File"} for c in ("train", "validation")}))
+    (ml / "input" / "config" / "hyperparameters.json").write_text(json.dumps(DOCUMENTATION_EXAMPLE))
+    # use_pretrained_model=1: ImageNet ResNet-50 weights, from a hub cache this test fills (no network here).
+    hub = tmp_path / "torch" / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    weights = torchvision.models.ResNet50_Weights.IMAGENET1K_V1
+    torch.save(torchvision.models.resnet50().state_dict(), hub / Path(weights.url).name)
+    env = {"SAGEMAKER_BASE_DIR": str(ml), "SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1",
+           "TORCH_HOME": str(tmp_path / "torch"), "SM_TRAINING_ENV": json.dumps({"job_name": "od-example"})}
+
+    # As the built-in container starts it: `train`, hyperparameters from hyperparameters.json.
+    proc, run_dir = run_script(["train.py", "train"], tmp_path, env=env)
+
+    log = proc.stdout + proc.stderr
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    mAP = [float(v) for v in re.findall(r"\bvalidation:mAP=([-0-9.e]+);", log)]
+    assert mAP and mAP[-1] == pytest.approx(metrics["AP50"], abs=1e-6)  # the built-in's mAP is AP50
+    assert re.search(r"\btrain:progress=100;", log) and re.search(r"\btrain:smooth_l1=[0-9.e-]+;", log)
+    assert "num_training_samples=16551 has no effect" in log
+    from beedet.assembly import load_system
+
+    system, cfg = load_system(ml / "model" / "model.ckpt")
+    assert len(system.class_names) == 20 and system.class_names[:4] == ["bee", "drone", "pollenbee", "queen"]
+    assert cfg.model.depth == 50 and cfg.model.pretrained_backbone is True and cfg.data.batch_size == 32
+
+
+def test_freeze_pattern_freezes_matching_parameters_and_refuses_mxnet_names():
+    from beedet.assembly import build_network
+
+    cfg = compose_config(["++model.freeze_pattern='^backbone\\.trunk\\.(conv1|bn1)\\.'"])
+    net = build_network(cfg.model, num_classes=4)
+    frozen = [n for n, p in net.named_parameters() if not p.requires_grad]
+    assert frozen and all(n.startswith(("backbone.trunk.conv1.", "backbone.trunk.bn1.")) for n in frozen)
+    assert any(p.requires_grad for p in net.parameters())
+    with pytest.raises(ValueError, match="matches no parameter.*start with: backbone"):
+        build_network(compose_config(["++model.freeze_pattern='^(conv1_|conv2_).*'"]).model, num_classes=4)
+
+
+def test_relative_early_stopping_needs_the_relative_gain():
+    from beedet.callbacks import RelativeEarlyStopping
+
+    stopper = RelativeEarlyStopping(monitor="val/mAP", mode="max", patience=2, min_delta=0.0, relative_min_delta=0.05)
+    stopper._evaluate_stopping_criteria(torch.tensor(0.50))
+    assert stopper.best_score == pytest.approx(0.50)
+    stopper._evaluate_stopping_criteria(torch.tensor(0.52))  # +4 % of 0.50: not an improvement
+    assert stopper.best_score == pytest.approx(0.50) and stopper.wait_count == 1
+    stopper._evaluate_stopping_criteria(torch.tensor(0.53))  # +6 %
+    assert stopper.best_score == pytest.approx(0.53) and stopper.wait_count == 0
+
+
+def test_num_classes_below_the_data_is_refused(tmp_path):
+    from conftest import TINY_SYNTHETIC
+
+    from beedet.assembly import build_datamodule
+    from beedet.data.records import DataError
+
+    cfg = compose_config([*TINY_SYNTHETIC, "++data.num_classes=3"], run_dir=tmp_path)
+    datamodule = build_datamodule(cfg.data)
+    with pytest.raises(DataError, match="data.num_classes=3, but .* has 4 classes"):
+        datamodule.load_labels()
