@@ -3,7 +3,7 @@
     python evaluate.py ckpt=outputs/synthetic/<stamp>/checkpoints/best.ckpt
     python evaluate.py ckpt=... data=honeybee data.root=../shared/data/honeybee-mini
 
-Writes metrics.json, report.md (with count_plot.png) and overlays/ into its run dir (printed on the
+Writes metrics.json, report.md (with count_plot.png and pr_curves.png) and overlays/ into its run dir (printed on the
 last line). Objects are counted at the checkpoint's count threshold (count_threshold=0.4 overrides).
 With no data=..., it evaluates on the checkpoint's own validation split, so the numbers match
 the metrics.json of the training run.
@@ -48,7 +48,8 @@ def main(cfg: DictConfig) -> float:
         system.last_metrics, checkpoint=str(Path(cfg.ckpt).resolve()), counts=system.last_counts,
         oracle_counts=system.last_oracle_counts, count_threshold_source=threshold_source,
     )
-    write_run_report(run_dir, metrics, system.class_names, [datamodule.reports["val"]], counts=system.last_counts)
+    write_run_report(run_dir, metrics, system.class_names, [datamodule.reports["val"]], counts=system.last_counts,
+                     pr_curves=system.last_metrics.pr_curves)
 
     # Overlays of the first images that contain objects: misses and false positives at a glance.
     overlay_dir = run_dir / "overlays"

@@ -74,7 +74,7 @@ def main(cfg: DictConfig) -> float:
     if trainer.is_global_zero:
         write_run_report(
             run_dir, metrics, system.class_names, [datamodule.reports["val"]], counts=system.last_counts,
-            title="beedet training run: best checkpoint on the validation split",
+            pr_curves=system.last_metrics.pr_curves, title="beedet training run: best checkpoint on the validation split",
         )
         if trainer.logger is not None:
             final = {f"hp/{k}": metrics[k] for k in ("mAP", "AP50", "AP75")}

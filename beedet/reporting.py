@@ -11,12 +11,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from beedet.data.report import DataReport
-from beedet.evaluation.coco import DEFAULT_MAX_DETECTIONS, CocoMetrics, stat_keys
+from beedet.evaluation.coco import DEFAULT_MAX_DETECTIONS, CocoMetrics, PRCurve, pr_curve_plot, stat_keys
 from beedet.evaluation.counting import CountMetrics, count_plot
 from beedet.visualize import save_image
 
 #: Next to report.md, which embeds it.
 COUNT_PLOT_NAME = "count_plot.png"
+PR_PLOT_NAME = "pr_curves.png"
 
 
 def final_metrics(
@@ -51,16 +52,22 @@ def write_run_report(
     reports: Sequence[DataReport] = (),
     *,
     counts: CountMetrics | None = None,
+    pr_curves: Mapping[str, PRCurve] | None = None,
     title: str = "beedet evaluation",
 ) -> None:
     """Write ``metrics.json`` (``payload``, see :func:`final_metrics`), ``count_plot.png`` (with
-    ``counts``) and ``report.md`` (:func:`metrics_markdown`, embedding the plot) into ``run_dir``."""
+    ``counts``), ``pr_curves.png`` (with ``pr_curves``, per class at IoU 0.5) and ``report.md``
+    (:func:`metrics_markdown`, embedding the plots) into ``run_dir``."""
     run_dir = Path(run_dir)
     (run_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
     if counts is not None:
         save_image(count_plot(counts), run_dir / COUNT_PLOT_NAME)
+    if pr_curves:
+        save_image(pr_curve_plot(pr_curves), run_dir / PR_PLOT_NAME)
     plot = COUNT_PLOT_NAME if counts is not None else None
-    (run_dir / "report.md").write_text(metrics_markdown(payload, class_names, reports, title=title, count_plot=plot))
+    text = metrics_markdown(payload, class_names, reports, title=title, count_plot=plot,
+                            pr_plot=PR_PLOT_NAME if pr_curves else None)
+    (run_dir / "report.md").write_text(text)
 
 
 def hparams_for_logging(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str, Any]:
@@ -102,6 +109,7 @@ def metrics_markdown(
     *,
     title: str = "beedet evaluation",
     count_plot: str | None = None,
+    pr_plot: str | None = None,
 ) -> str:
     """A readable report of a :func:`final_metrics` payload: COCO stats, per-class AP, AP by box
     size, counting errors (embedding the image file ``count_plot`` when given), then the dataset
@@ -119,6 +127,8 @@ def metrics_markdown(
     for name in class_names:
         lines.append(f"| {name} | {_fmt(metrics['per_class_AP'].get(name))} | {_fmt(metrics['per_class_AP50'].get(name))} |")
     lines += ["", "n/a: the class has no ground truth in this split (pycocotools reports -1).", ""]
+    if pr_plot:
+        lines += [f"![precision-recall per class at IoU 0.5]({pr_plot})", ""]
     lines += _size_bin_section(metrics.get("size_bins") or [])
     if metrics.get("counting"):
         lines += _counting_section(metrics["counting"], class_names, count_plot)

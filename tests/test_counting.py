@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 from torch import nn
 
@@ -179,6 +180,10 @@ def test_train_reports_counting_and_size_bins(counted_run: Path) -> None:
         assert heading in report
     assert f"| {bins[0]['name']} |" in report and "| all |" in report
     assert "](count_plot.png)" in report and (counted_run / "count_plot.png").is_file()
+    # The per-class precision-recall curves, as a picture beside the numbers.
+    assert "](pr_curves.png)" in report
+    with Image.open(counted_run / "pr_curves.png") as picture:
+        assert picture.size == (450, 450)
 
 
 @pytest.mark.slow
@@ -216,6 +221,7 @@ def test_evaluate_counts_at_the_checkpoint_threshold_unless_overridden(counted_r
     assert own["counting"]["per_class"] == trained["counting"]["per_class"]
     assert own["size_bins"] == trained["size_bins"] and own["mAP"] == trained["mAP"]
     assert "## Counting" in (own_dir / "report.md").read_text() and (own_dir / "count_plot.png").is_file()
+    assert (own_dir / "pr_curves.png").is_file()
 
     override = json.loads((override_dir / "metrics.json").read_text())["counting"]
     assert override["threshold"] == 0.5 and override["threshold_source"] == "evaluate count_threshold override"

@@ -29,7 +29,7 @@ Conventions shared with ``beedet.data.coco.to_coco_dict``:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,8 @@ from beedet.evaluation.coco_engine import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from beedet.data.records import ImageRecord
 
 #: The 12 pycocotools summary numbers, in the order of ``COCOeval.stats``, for the default
@@ -649,3 +651,34 @@ def _to_numpy(values: Any) -> np.ndarray:
     if hasattr(values, "detach"):  # torch.Tensor, possibly on an accelerator
         return values.detach().cpu().numpy()
     return np.asarray(values)
+
+
+def pr_curve_plot(curves: Mapping[str, PRCurve], *, size_inches: float = 4.5, dpi: int = 100) -> "torch.Tensor":
+    """Precision against recall at IoU 0.5, one line per class with ground truth (AP50 in the
+    legend). Returns uint8 (3, H, W) for ``beedet.visualize.save_image`` and TensorBoard.
+
+    Drawn with matplotlib's Agg canvas directly: no pyplot, no global backend switch.
+    """
+    import torch
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(size_inches, size_inches), dpi=dpi)
+    canvas = FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for name, curve in curves.items():
+        if curve.num_gt <= 0:
+            continue
+        precision = np.clip(curve.precision, 0.0, 1.0)  # pycocotools' -1: recall never reached
+        axes.plot(curve.recall, precision, linewidth=1.5, label=f"{name} (AP50 {precision.mean():.3f}, {curve.num_gt} gt)")
+    axes.set_xlim(0, 1)
+    axes.set_ylim(0, 1.02)
+    axes.set_xlabel("recall")
+    axes.set_ylabel("precision")
+    axes.set_title("precision-recall at IoU 0.5", fontsize=9)
+    if axes.lines:
+        axes.legend(loc="lower left", fontsize=7)
+    figure.tight_layout()
+    canvas.draw()
+    rgba = np.asarray(canvas.buffer_rgba())
+    return torch.from_numpy(np.ascontiguousarray(rgba[..., :3])).permute(2, 0, 1).contiguous()
