@@ -52,9 +52,12 @@ def test_sample_draws_the_fraction_deterministically(frames, tmp_path):
     # The input order does not matter: the draw sorts first.
     paths = sorted(frames.iterdir())
     assert draw_sample(paths[::-1], fraction=0.02, max_images=None, seed=3) == [frames / p for p in first]
-    # One frame per video at most: 10 groups, half of them drawn.
-    grouped = _sample(frames, tmp_path / "e", "--fraction", "0.5", "--group-by", r"^(?P<group>v\d+)_")
+    # The same budget spent on distinct videos: 5 frames from 5 of the 10 videos; with a budget
+    # over the 10 videos, one frame from each.
+    grouped = _sample(frames, tmp_path / "e", "--fraction", "0.005", "--group-by", r"^(?P<group>v\d+)_")
     assert len(grouped) == 5 and len({name.split("_")[0] for name in grouped}) == 5
+    every_video = _sample(frames, tmp_path / "f", "--fraction", "0.02", "--group-by", r"^(?P<group>v\d+)_")
+    assert len(every_video) == 10 and len({name.split("_")[0] for name in every_video}) == 10
 
 
 def test_sample_writes_the_labeling_tools_inputs(frames, tmp_path):

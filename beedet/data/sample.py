@@ -18,9 +18,9 @@ The course labelled "a random 2 %" of its images. Writes into ``--out``:
 
 The draw is deterministic for a seed: images are sorted by path and shuffled by a seeded NumPy
 generator, so neither the file system's order nor Python's hash seed changes it. With
-``--group-by`` (a regex like ``data.group_by``, named group ``group``) at most one frame per group
-is drawn: groups first, then one frame in each, so near-duplicate frames of one video do not eat
-the labelling budget. Read the finished labels back with ``data=files`` (Label Studio's JSON
+``--group-by`` (a regex like ``data.group_by``, named group ``group``) the same budget goes to
+distinct groups: groups are drawn first, then one frame in each, so near-duplicate frames of one
+video do not eat the labelling budget (with fewer groups than the budget, one frame per group). Read the finished labels back with ``data=files`` (Label Studio's JSON
 export, or Pascal VOC from CVAT / LabelImg) or check them with ``python -m beedet.data.inspect``.
 """
 
@@ -46,9 +46,9 @@ DEFAULT_CLASSES = ("bee", "drone", "pollenbee", "queen")
 
 def draw_sample(image_paths: Sequence[Path], *, fraction: float, max_images: int | None, seed: int,
                 group_by: str | None = None) -> list[Path]:
-    """``round(fraction * n)`` images (at least one), at most ``max_images``, drawn with ``seed``;
-    with ``group_by``, ``fraction`` and the cap apply to the groups and one image is drawn from
-    each chosen group. Returned sorted."""
+    """``round(fraction * n)`` of the ``n`` images (at least one), at most ``max_images``, drawn
+    with ``seed``. With ``group_by`` the same budget is spent on distinct groups: that many groups
+    (all of them, when there are fewer) are drawn and one image from each. Returned sorted."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     if max_images is not None and max_images < 1:
@@ -66,9 +66,10 @@ def draw_sample(image_paths: Sequence[Path], *, fraction: float, max_images: int
             # A name the pattern does not match is a group of its own.
             groups.setdefault(group_key(p.name, pattern) or f"\0{p}", []).append(p)
         units = [groups[key] for key in sorted(groups)]
-    count = max(1, round(fraction * len(units)))
+    count = max(1, round(fraction * len(paths)))
     if max_images is not None:
         count = min(count, max_images)
+    count = min(count, len(units))
     chosen = rng.permutation(len(units))[:count]
     return sorted(units[i][int(rng.integers(len(units[i])))] for i in sorted(chosen))
 
