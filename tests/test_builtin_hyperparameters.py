@@ -194,3 +194,9 @@ def test_num_classes_below_the_data_is_refused(tmp_path):
     datamodule = build_datamodule(cfg.data)
     with pytest.raises(DataError, match="data.num_classes=3, but .* has 4 classes"):
         datamodule.load_labels()
+
+
+def test_the_readme_table_is_the_mapping_table():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    for h in BUILTIN_HYPERPARAMETERS:
+        assert f"| `{h.name}` | {h.beedet} | {h.notes} |" in readme, h.name
