@@ -235,7 +235,8 @@ def _default_sibling(path: Path, suffix: str, given: Path | None) -> Path | None
 
 
 def _read_lst(path: Path) -> dict[int, str]:
-    """Record id -> image path (relative, as im2rec lists it) from an ``.lst``."""
+    """Record id -> image path (relative, as im2rec lists it) from an ``.lst``; lines with fewer than
+    three columns are not image lines and are passed over."""
     names: dict[int, str] = {}
     for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         parts = line.strip().split("\t")
@@ -246,9 +247,9 @@ def _read_lst(path: Path) -> dict[int, str]:
         except ValueError as exc:
             raise DataError(f"{path}:{line_no}: the first column must be the record index, got {parts[0]!r}") from exc
         rel = Path(parts[-1])
-        if rel.is_absolute() or ".." in rel.parts:
-            raise DataError(f"{path}:{line_no}: image path {parts[-1]!r} must be relative and stay inside the folder")
-        names[index] = rel.as_posix()
+        # An absolute path (or one climbing out with ..) keeps only its file name: extracted
+        # images stay inside extract_dir.
+        names[index] = rel.name if rel.is_absolute() or ".." in rel.parts else rel.as_posix()
     return names
 
 
