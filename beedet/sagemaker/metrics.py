@@ -56,10 +56,11 @@ BUILTIN_TRAIN_METRICS: dict[str, str] = {
     "train:cross_entropy": "train/loss_classification",
     "train:smooth_l1": "train/loss_box",
 }
-#: Percent of the epochs done, printed with the training line in built-in mode.
+#: Percent of the epochs done, printed with the training line in built-in mode (computed by the
+#: callback from the trainer, not read from a logged key).
 PROGRESS_METRIC = "train:progress"
 METRICS: dict[str, str] = {**VALIDATION_METRICS, **TRAIN_METRICS, **BUILTIN_VALIDATION_METRICS,
-                           **BUILTIN_TRAIN_METRICS, PROGRESS_METRIC: ""}
+                           **BUILTIN_TRAIN_METRICS, PROGRESS_METRIC: "100 * epochs done / trainer.max_epochs"}
 
 LINE_PREFIX = "beedet metrics"
 # A float as Python's format(x, ".6g") writes it: 0.4123, -1, 1e-05, 12.5. SageMaker searches
