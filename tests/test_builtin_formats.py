@@ -177,3 +177,10 @@ def test_built_in_channels_become_the_data_sources(tmp_path: Path) -> None:
     assert datamodule.class_names == ["bee", "drone"]
     assert len(datamodule.train_records) == 3 and len(datamodule.val_records) == 1
     np.testing.assert_array_equal(datamodule.val_records[0].boxes, [[32, 24, 48, 36]])
+
+
+def test_a_folder_holding_a_coco_file_is_not_taken_for_the_image_format(tmp_path: Path) -> None:
+    (tmp_path / "coco.json").write_text(json.dumps({"images": [], "annotations": [], "categories": []}))
+    with pytest.raises(ValueError, match="holds a COCO file \\(coco.json\\); point at the file itself"):
+        detect_format(tmp_path)
+    assert detect_format(tmp_path / "coco.json") == "coco"

@@ -8,6 +8,7 @@ There is deliberately no format registry: a new format is a new dataclass here.
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,7 +205,10 @@ def detect_format(path: Path) -> str:
             return "yolo"
         if (path / "Annotations").is_dir() or next(path.glob("*.xml"), None) is not None:
             return "voc"
-        if path.name.endswith(ANNOTATION_SUFFIX) or next(path.glob("*.json"), None) is not None:
+        first_json = next(iter(sorted(path.glob("*.json"))), None)
+        if path.name.endswith(ANNOTATION_SUFFIX) or first_json is not None:
+            if first_json is not None and _json_format(first_json) == "coco" and _is_coco(first_json):
+                raise ValueError(f"{path}: this folder holds a COCO file ({first_json.name}); point at the file itself")
             return "image-json"
         raise ValueError(f"{path}: cannot tell the format of this folder: no images/ subfolder (YOLO), no "
                          f"Annotations/ or .xml files (VOC), no .json files (the built-in detector's image format)")
@@ -219,6 +223,15 @@ def detect_format(path: Path) -> str:
         raise ValueError(f"{path}: not found")
     raise ValueError(f"{path}: cannot tell the format from the name; pass the format explicitly "
                      f"({', '.join(FORMATS[1:])})")
+
+
+def _is_coco(path: Path) -> bool:
+    """True for a COCO detection file (an object with ``images``), False for one image's annotation."""
+    try:
+        obj = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(obj, dict) and "images" in obj
 
 
 def _json_format(path: Path) -> str:
