@@ -13,8 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from beedet.data.convert import main as convert_main
+from beedet.data.inspect import main as inspect_main
 from beedet.data.label_studio import class_names_from_config, read_label_studio
-from beedet.data.sample import draw_sample, main as sample_main
+from beedet.data.sample import draw_sample
+from beedet.data.sample import main as sample_main
 from beedet.data.sources import detect_format, source_for_path
 from beedet.data.voc import read_voc
 
@@ -69,7 +72,13 @@ def test_sample_writes_the_labeling_tools_inputs(frames, tmp_path):
     tasks = json.loads((out / "label_studio_tasks.json").read_text())
     assert tasks == [{"data": {"image": f"/data/local-files/?d=frames/{name}"}} for name in drawn]
     assert class_names_from_config(out / "label_studio_config.xml") == ["bee", "queen"]
+    # A served frames folder: its URL + the path relative to the folder, as for --s3-prefix.
+    served = _sample(frames, tmp_path / "served", "--fraction", "0.01", "--label-studio-root", "https://hive.example/frames")
+    assert json.loads((tmp_path / "served" / "label_studio_tasks.json").read_text()) == [
+        {"data": {"image": f"https://hive.example/frames/{name}"}} for name in served]
     assert sample_main([str(frames), "--out", str(tmp_path / "x"), "--fraction", "1.5"]) == 2
+    (tmp_path / "empty").mkdir()
+    assert sample_main([str(tmp_path / "empty"), "--out", str(tmp_path / "y")]) == 2
 
 
 def _ls_result(box: tuple[float, float, float, float], name: str, size: tuple[int, int], rotation: float = 0.0) -> dict:
@@ -116,8 +125,20 @@ def test_a_label_studio_export_of_the_sample_reads_back(frames, tmp_path):
     strict = read_label_studio(path, image_root=frames.parent, class_names=["bee"])
     assert any("'queen' is not one of the classes" in p.reason for p in strict.problems)
 
+    # The data CLIs read it too: the report counts the rotated box and the skipped task.
+    common = ["--image-root", str(frames.parent), "--label-studio-config", str(out / "label_studio_config.xml")]
+    assert inspect_main([str(path), *common, "--json", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert (report["images"], report["boxes"]) == (5, 9)
+    assert {k: len(v) for k, v in report["problems"]["by_action"].items()} == {"axis-aligned box": 1, "skipped": 1}
+    assert convert_main([str(path), str(tmp_path / "coco.json"), "--to", "coco", *common]) == 0
+    coco = json.loads((tmp_path / "coco.json").read_text())
+    image_id = next(i["id"] for i in coco["images"] if Path(i["file_name"]).name == drawn[0])
+    np.testing.assert_allclose([a["bbox"] for a in coco["annotations"] if a["image_id"] == image_id],
+                               [[4, 3, 10, 12], [20.5, 1, 6, 8]], atol=1e-3)
 
-def _voc_xml(filename: str, size: tuple[int, int], objects: list[tuple[str, int, int, int, int]]) -> str:
+
+def _voc_xml(filename: str, size: tuple[int, int], objects: list[tuple[str, float, float, float, float]]) -> str:
     items = "".join(f"<object><name>{n}</name><difficult>0</difficult><bndbox><xmin>{a}</xmin><ymin>{b}</ymin>"
                     f"<xmax>{c}</xmax><ymax>{d}</ymax></bndbox></object>" for n, a, b, c, d in objects)
     return (f"<annotation><folder>frames</folder><filename>{filename}</filename><size><width>{size[0]}</width>"
@@ -130,7 +151,9 @@ def test_pascal_voc_reads_back_and_converts(frames, tmp_path):
     (voc / "JPEGImages").mkdir()
     for name in ("v0_000.png", "v0_001.png"):
         (voc / "JPEGImages" / name).write_bytes((frames / name).read_bytes())
-    (voc / "Annotations" / "v0_000.xml").write_text(_voc_xml("v0_000.png", (40, 30), [("bee", 1, 1, 10, 20), ("queen", 11, 5, 30, 30)]))
+    # LabelImg writes int corners (xmin, ymin at least 1); CVAT writes its float corners.
+    (voc / "Annotations" / "v0_000.xml").write_text(
+        _voc_xml("v0_000.png", (40, 30), [("bee", 1, 1, 10, 20), ("queen", 10.5, 4.25, 30, 30)]))
     (voc / "Annotations" / "v0_001.xml").write_text(_voc_xml("v0_001.png", (40, 30), []))
     (voc / "Annotations" / "broken.xml").write_text("<annotation><filename>x.png</filename>")
 
@@ -138,18 +161,22 @@ def test_pascal_voc_reads_back_and_converts(frames, tmp_path):
     label_set = read_voc(voc)
     assert label_set.class_names == ["bee", "queen"]
     first, second = label_set.records
-    # VOC's 1-based inclusive pixel indices: xmin 1 .. xmax 10 covers [0, 10).
-    np.testing.assert_array_equal(first.boxes, [[0, 0, 10, 20], [10, 4, 30, 30]])
+    # Read as they are: the corners CVAT and LabelImg mean (and read back themselves).
+    np.testing.assert_array_equal(first.boxes, [[1, 1, 10, 20], [10.5, 4.25, 30, 30]])
     np.testing.assert_array_equal(first.labels, [0, 1])
     assert second.num_boxes == 0 and first.image_path == voc / "JPEGImages" / "v0_000.png"
     assert [Path(p.where).name for p in label_set.problems] == ["broken.xml"]
 
     coco = tmp_path / "coco.json"
     done = subprocess.run([sys.executable, "-m", "beedet.data.convert", str(voc), str(coco), "--to", "coco"],
-                          cwd=REPO, capture_output=True, text=True)
+                          cwd=REPO, capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     assert "broken.xml" in done.stdout + done.stderr
-    assert [a["bbox"] for a in json.loads(coco.read_text())["annotations"]] == [[0, 0, 10, 20], [10, 4, 20, 26]]
+    assert [a["bbox"] for a in json.loads(coco.read_text())["annotations"]] == [[1, 1, 9, 19], [10.5, 4.25, 19.5, 25.75]]
+    assert inspect_main([str(voc), "--class-names", "bee,drone,pollenbee,queen", "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert (report["images"], report["boxes"], report["boxes_per_class"]) == (2, 2, {"bee": 1, "drone": 0, "pollenbee": 0, "queen": 1})
+    assert [Path(p["where"]).name for p in report["problems"]["by_action"]["skipped"]] == ["broken.xml"]
 
 
 def test_train_config_reads_a_label_studio_export(frames, tmp_path):

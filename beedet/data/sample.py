@@ -11,31 +11,32 @@ The course labelled "a random 2 %" of its images. Writes into ``--out``:
   existing Ground Truth customers; source-refs are ``--s3-prefix`` + the relative path (Ground
   Truth reads S3 only; without a prefix the local absolute paths are written, for other tools);
 * ``label_studio_tasks.json``: a Label Studio import file, each image at
-  ``--label-studio-root`` + its path relative to the frames folder's parent (default
-  ``/data/local-files/?d=``: Label Studio's local-files storage with
-  ``LOCAL_FILES_DOCUMENT_ROOT`` set to that parent);
+  ``--label-studio-root`` + its relative path (like ``--s3-prefix``: e.g. the URL the frames
+  folder is served at). By default ``/data/local-files/?d=`` + the path relative to the frames
+  folder's *parent* (``?d=frames/0001.jpg``): Label Studio's local-files storage with
+  ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` set to that parent;
 * ``label_studio_config.xml``: the labeling config, rectangle labels named after the classes.
 
 The draw is deterministic for a seed: images are sorted by path and shuffled by a seeded NumPy
 generator, so neither the file system's order nor Python's hash seed changes it. With
 ``--group-by`` (a regex like ``data.group_by``, named group ``group``) the same budget goes to
 distinct groups: groups are drawn first, then one frame in each, so near-duplicate frames of one
-video do not eat the labelling budget (with fewer groups than the budget, one frame per group). Read the finished labels back with ``data=files`` (Label Studio's JSON
-export, or Pascal VOC from CVAT / LabelImg) or check them with ``python -m beedet.data.inspect``.
+video do not eat the labelling budget (with fewer groups than the budget, one frame per group).
+Read the finished labels back with ``data=files`` (Label Studio's JSON export, or Pascal VOC from
+CVAT / LabelImg) or check them with ``python -m beedet.data.inspect``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from beedet.data.images import find_images
+from beedet.data.images import IMAGE_SUFFIXES, find_images
 from beedet.data.label_studio import LOCAL_FILES_PREFIX, labeling_config_xml, write_tasks
 from beedet.data.records import DataError
 from beedet.data.splits import compile_group_pattern, group_key
@@ -97,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
                          help=f"comma-separated class names for the labeling config (default: {','.join(DEFAULT_CLASSES)})")
     classes.add_argument("--classes-from", type=Path, help="take the class names from labelled data beedet reads")
     parser.add_argument("--s3-prefix", help="S3 prefix the frames folder is uploaded to (for Ground Truth)")
-    parser.add_argument("--label-studio-root", default=LOCAL_FILES_PREFIX,
-                        help="prefix of the image URLs in the Label Studio tasks (default: %(default)s, paths "
-                             "relative to the frames folder's parent)")
+    parser.add_argument("--label-studio-root",
+                        help="URL prefix the frames folder is served at, for the Label Studio tasks (default: "
+                             f"{LOCAL_FILES_PREFIX}<frames folder name>/, Label Studio's local-files storage "
+                             "rooted at the frames folder's parent)")
     args = parser.parse_args(argv)
 
     try:
@@ -107,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.images.is_dir():
             raise ValueError(f"{args.images}: not a folder")
         every = find_images(args.images)
+        if not every:
+            raise ValueError(f"{args.images}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in it or below")
         drawn = draw_sample(every, fraction=args.fraction, max_images=args.max_images, seed=args.seed,
                             group_by=args.group_by)
     except (ValueError, DataError) as exc:
@@ -120,9 +124,10 @@ def main(argv: list[str] | None = None) -> int:
     write_ground_truth_manifest(drawn, root, args.out / "input.manifest", args.s3_prefix)
     # Label Studio's local-files storage serves paths relative to its document root; with the
     # frames folder's parent as the root, the URLs keep the folder's name (frames/0001.jpg).
-    parent = root.parent
-    write_tasks([args.label_studio_root + Path(os.path.relpath(p, parent)).as_posix() for p in drawn],
-                args.out / "label_studio_tasks.json")
+    ls_root = args.label_studio_root or f"{LOCAL_FILES_PREFIX}{root.name}/"
+    if not ls_root.endswith(("/", "=")):  # a folder URL given without its slash
+        ls_root += "/"
+    write_tasks([ls_root + p.relative_to(root).as_posix() for p in drawn], args.out / "label_studio_tasks.json")
     (args.out / "label_studio_config.xml").write_text(labeling_config_xml(class_names), encoding="utf-8")
 
     groups = ""

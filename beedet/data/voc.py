@@ -5,12 +5,17 @@
         <bndbox><xmin>101</xmin><ymin>52</ymin><xmax>144</xmax><ymax>97</ymax></bndbox></object>
     </annotation>
 
-Coordinates: VOC's are 1-based pixel indices of the first and last pixel inside the box, so the
-box covers ``[xmin - 1, xmax]`` in beedet's continuous pixel coordinates (the convention of
-torchvision's and MMDetection's VOC readers). CVAT writes corners rounded into that convention;
-LabelImg writes the same. ``difficult`` objects are kept and trained on like any other: for bees
-"difficult" usually marks an occluded bee that still is a bee, and dropping them would teach the
-model to miss crowded bees. A file that cannot be used is a problem naming it, and is skipped.
+Coordinates: ``xmin, ymin, xmax, ymax`` are read as they are, as beedet's continuous xyxy pixel
+corners. That is what the tools that write VOC for beedet users mean by them: CVAT's VOC export
+(Datumaro) writes its float box ``x, y, x + w, y + h`` unchanged and reads it back unchanged, and
+LabelImg writes ``int()`` of its canvas corners (``xmin``/``ymin`` raised to at least 1) and reads
+them back unchanged. The original PASCAL VOC data sets instead count 1-based inclusive pixel
+indices (detectron2 reads those as ``[xmin - 1, ymin - 1, xmax, ymax]``); read as they are here,
+their top-left corners sit one pixel right of and below that reading.
+
+``difficult`` objects are kept and trained on like any other: for bees "difficult" usually marks
+an occluded bee that still is a bee, and dropping them would teach the model to miss crowded bees.
+A file that cannot be used is a problem naming it, and is skipped.
 """
 
 from __future__ import annotations
@@ -91,5 +96,5 @@ def _parse(xml_path: Path, image_root: Path) -> tuple[Path, int, int, list[tuple
             raise ValueError(f"object {i} ({name or 'no name'}) needs numeric bndbox xmin, ymin, xmax, ymax") from exc
         if not name:
             raise ValueError(f"object {i} has no <name>")
-        objects.append((name, (xmin - 1.0, ymin - 1.0, xmax, ymax)))
+        objects.append((name, (xmin, ymin, xmax, ymax)))
     return image_path, width, height, objects
