@@ -63,7 +63,7 @@ def test_every_documented_name_maps_onto_the_composed_config():
 
 @pytest.mark.parametrize(("values", "expected"), [
     ({"lr_scheduler_step": "3,6", "epochs": "12"}, [0.25, 0.5]),
-    ({"lr_scheduler_step": "10"}, [10 / 14]),  # beedet's trainer.max_epochs (14) when epochs is not given
+    ({"lr_scheduler_step": "10"}, [10 / 16]),  # beedet's trainer.max_epochs (16) when epochs is not given
 ])
 def test_lr_scheduler_steps_become_fractions_of_training(values, expected):
     cfg = compose_config(hyperparameter_overrides(values))
