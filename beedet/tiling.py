@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -66,6 +66,13 @@ class Slicing:
         edge_margin: a box within this many pixels of an inner tile edge counts as truncated.
         full_frame: also detect on the whole frame squashed to the input, and merge it in: finds
             objects larger than the overlap (close-up photos) at the cost of one more forward pass.
+        long_side: first resize each frame (keeping its aspect) so that its longer side is this
+            many pixels, then tile the resized frame; ``tile_size`` and ``overlap`` are then pixels
+            of the resized frame, and boxes come back in the original frame's pixels. Objects are
+            often a fixed fraction of the frame whatever its resolution (hive bees: about 2 % of
+            the longer side, in 1920x1080 video and 4032x3024 phone photos alike), so this shows
+            the network every frame at the scale it was trained on (``conf/augment/scaled.yaml``
+            resizes training frames the same way). None: tile at the stored resolution.
         batch_size: tiles per forward pass.
         max_detections: keep at most this many detections per frame, by score (crowded hive
             frames hold a few hundred bees).
@@ -80,6 +87,7 @@ class Slicing:
     full_frame: bool = False
     batch_size: int = 16
     max_detections: int = 500
+    long_side: int | None = None
 
     def __post_init__(self) -> None:
         if self.tile_size < 1:
@@ -93,6 +101,8 @@ class Slicing:
                 raise ValueError(f"slicing.{name} must be in (0, 1], got {getattr(self, name)}")
         if self.batch_size < 1 or self.max_detections < 1:
             raise ValueError("slicing.batch_size and slicing.max_detections must be >= 1")
+        if self.long_side is not None and self.long_side < self.tile_size:
+            raise ValueError(f"slicing.long_side must be null or >= tile_size={self.tile_size}, got {self.long_side}")
 
 
 def tile_starts(length: int, tile_size: int, overlap: int) -> list[int]:
@@ -120,7 +130,13 @@ def detect_sliced(detect: DetectFn, image: Tensor, slicing: Slicing) -> Detectio
 
     ``detect`` is called on batches of tile crops (views of ``image``); see the module docstring
     for both contracts. A frame that fits in one tile goes through ``detect`` whole, unchanged.
+    With ``slicing.long_side`` the frame is resized first and the boxes are scaled back at the end.
     """
+    if slicing.long_side is not None:
+        resized, (sx, sy) = resize_long_side(image, slicing.long_side)
+        found = detect_sliced(detect, resized, replace(slicing, long_side=None))
+        scale = torch.tensor([sx, sy, sx, sy], dtype=found["boxes"].dtype, device=found["boxes"].device)
+        return {**found, "boxes": found["boxes"] / scale}
     height, width = int(image.shape[-2]), int(image.shape[-1])
     tiles = tile_grid(width, height, slicing.tile_size, slicing.overlap)
     if len(tiles) == 1 and not slicing.full_frame:
@@ -164,6 +180,21 @@ def detect_sliced(detect: DetectFn, image: Tensor, slicing: Slicing) -> Detectio
     )
     order = merged["scores"].argsort(descending=True)[: slicing.max_detections]
     return {key: value[order] for key, value in merged.items()}
+
+
+def resize_long_side(image: Tensor, long_side: int) -> tuple[Tensor, tuple[float, float]]:
+    """``image`` (3, H, W) resized, aspect kept, so that its longer side is ``long_side`` pixels
+    (bilinear, antialiased when shrinking, as albumentations' ``LongestMaxSize`` with area
+    downscaling does in training), and the (x, y) factors from the old pixels to the new."""
+    height, width = int(image.shape[-2]), int(image.shape[-1])
+    factor = long_side / max(height, width)
+    new_h, new_w = max(1, round(height * factor)), max(1, round(width * factor))
+    if (new_h, new_w) == (height, width):
+        return image, (1.0, 1.0)
+    resized = torch.nn.functional.interpolate(
+        image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=factor < 1.0
+    )[0].clamp_(0.0, 1.0)
+    return resized, (new_w / width, new_h / height)
 
 
 def _touches_inner_edge(boxes: Tensor, tile: Sequence[int], width: int, height: int, margin: float) -> Tensor:

@@ -48,7 +48,8 @@ def oracle_detect(images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
             clipped = box[0] == 0 or box[1] == 0 or box[2] == w or box[3] == h
             boxes.append(box)
             scores.append(0.95 if clipped else 0.8)
-            labels.append(round(float(image[1, rows.start, cols.start]) * 10) - 1)
+            # Read at the centre: a resized frame (slicing.long_side) blurs the painted edges.
+            labels.append(round(float(image[1, (rows.start + rows.stop) // 2, (cols.start + cols.stop) // 2]) * 10) - 1)
         results.append(
             {
                 "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
@@ -210,3 +211,38 @@ def test_predict_returns_full_frame_pixels_for_a_1080p_frame(tmp_path):
     assert boxes[:, 2].max() <= WIDTH and boxes[:, 3].max() <= HEIGHT
     # Found beyond the first tile (256 px, the tiny model's input): the frame was sliced, not squashed.
     assert boxes[:, 0].max() > 1000 and boxes[:, 1].max() > 600
+
+
+def test_long_side_slices_the_resized_frame_and_returns_boxes_in_frame_pixels():
+    """slicing.long_side: the frame is resized (aspect kept) before tiling; detections come back
+    in the stored frame's pixels, with the resize's blur as the only error."""
+    boxes, labels = seam_bees()
+    # Bees twice as large, so that they are still 20-40 px after halving the frame.
+    big = [(2 * x0 % (WIDTH - 90), y0, 2 * x0 % (WIDTH - 90) + 2 * (x1 - x0), y0 + 2 * (y1 - y0)) for x0, y0, x1, y1 in boxes[:6]]
+    big = [big[0], big[2], big[4]]
+    image = paint(big, [0, 1, 2])
+    calls = []
+
+    def detect(crops):
+        calls.extend(tuple(c.shape) for c in crops)
+        return oracle_detect(crops)
+
+    found = detect_sliced(detect, image, Slicing(tile_size=300, overlap=96, long_side=960))
+    # Tiles of a 960x540 frame (5 x 3), not of the stored 1920x1080 one (9 x 5).
+    assert len(calls) == len(tile_grid(960, 540, 300, 96)) == 15
+    truth = torch.tensor(big, dtype=torch.float32)
+    assert len(found["boxes"]) == len(truth)
+    for box, label in zip(truth, [0, 1, 2]):
+        best = int(_iou(box, found["boxes"]).argmax())
+        assert (found["boxes"][best] - box).abs().max() <= 2.0, (box, found["boxes"][best])
+        assert int(found["labels"][best]) == label
+
+
+def test_long_side_upscales_small_photos_and_is_checked():
+    image = torch.zeros(3, 100, 200)
+    image[0, 10:30, 40:80] = 1.0
+    image[1, 10:30, 40:80] = 0.1
+    found = detect_sliced(oracle_detect, image, Slicing(tile_size=300, overlap=96, long_side=400))
+    assert found["boxes"].tolist() == [pytest.approx([40.0, 10.0, 80.0, 30.0], abs=1.0)]
+    with pytest.raises(ValueError, match="long_side"):
+        Slicing(tile_size=300, long_side=200)
