@@ -209,3 +209,29 @@ def test_worker_batches_arrive_packed_but_equal_to_the_samples(tmp_path: Path) -
         assert set(target) == set(expected_target)
         for key, value in expected_target.items():
             assert target[key].dtype == value.dtype and torch.equal(target[key], value), (index, key)
+
+
+def test_a_leading_longest_max_size_decodes_no_smaller_than_it_needs(honeybee_mini: Path) -> None:
+    """augment=scaled starts with LongestMaxSize: frames decode at the DCT size that still has the
+    resized longer side, and boxes land where the full decode puts them."""
+    from beedet.data.dataset import reduced_decode_long_side
+
+    cfg = compose_config(["+experiment=honeybee", f"data.root={honeybee_mini}", "data.verify_images=false"])
+    datamodule = build_datamodule(cfg.data, cfg.augment)
+    datamodule.setup("fit")
+    fast = datamodule.train_dataset
+    assert fast.decode_long_side == cfg.slicing.long_side == 960 and fast.decode_size is None
+    assert reduced_decode_long_side(build_pipeline([A.HorizontalFlip(), A.LongestMaxSize(max_size=64)])) is None
+    assert reduced_decode_long_side(build_pipeline([A.LongestMaxSize(max_size=[64, 96])])) is None
+    frames = [r for r in fast.records if (r.width, r.height) == (1920, 1080)][:2]
+    resize = build_pipeline([A.LongestMaxSize(max_size=960, area_for_downscale="image")])
+    reduced = DetectionDataset(frames, resize, reduced_decode=True)
+    full = DetectionDataset(frames, resize)
+    for index in range(len(frames)):
+        pixels, _ = reduced._decoded(frames[index])
+        assert pixels.shape[:2] == (540, 960)  # DCT scale 1/2: exactly what the resize needs
+        fast_image, fast_target = reduced[index]
+        full_image, full_target = full[index]
+        assert fast_image.shape == full_image.shape == (3, 540, 960)
+        assert (fast_target["boxes"] - full_target["boxes"]).abs().max() < BOX_TOLERANCE_PX
+        assert float((fast_image - full_image).abs().mean()) * 255 < WORKLOAD_MEAN_LEVELS + 1.0

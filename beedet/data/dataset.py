@@ -20,7 +20,8 @@ Two fast paths, both off by default here and switched on by ``conf/data`` (``dat
 ``data.cache_bytes``):
 
 * **Reduced-size decode.** When the pipeline's first step resizes every frame to a fixed size
-  (the ``ssd``, ``light``, ``heavy`` and ``none`` presets: a 1920x1080 frame to 300x300), a JPEG is
+  (the ``ssd``, ``light``, ``heavy`` and ``none`` presets: a 1920x1080 frame to 300x300), or its
+  longer side to a fixed length (``scaled``: 1920x1080 to 960x540), a JPEG is
   decoded by libjpeg's DCT scaling at the smallest 1/2, 1/4 or 1/8 size that is still at least
   that size (``beedet.data.images.load_image_reduced``), and its boxes are scaled by the exact
   decoded/stored size ratio of each axis. The resize then starts from an area-averaged half frame
@@ -43,6 +44,7 @@ image keeps its stored size; the network resizes internally and maps boxes back.
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
@@ -96,6 +98,18 @@ class DecodedFrameCache:
         return True
 
 
+def reduced_decode_long_side(transform: A.Compose | None) -> int | None:
+    """The longer side a frame may be decoded down to for ``transform``: ``max_size`` of its first
+    step when that step is an ``A.LongestMaxSize`` with one size that always runs, in a Compose
+    that always runs (``conf/augment/scaled.yaml``); None otherwise."""
+    if transform is None or transform.p < 1.0 or not transform.transforms:
+        return None
+    first = transform.transforms[0]
+    if type(first) is A.LongestMaxSize and first.p >= 1.0 and isinstance(first.max_size, int):
+        return int(first.max_size)
+    return None
+
+
 def reduced_decode_size(transform: A.Compose | None) -> tuple[int, int] | None:
     """The (width, height) a frame may be decoded down to for ``transform``: the output size of its
     first step when that step is an ``A.Resize`` that always runs, in a Compose that always runs;
@@ -132,6 +146,7 @@ class DetectionDataset(Dataset):
         self.records = list(records)
         self.transform = transform
         self.decode_size = reduced_decode_size(transform) if reduced_decode else None
+        self.decode_long_side = reduced_decode_long_side(transform) if reduced_decode else None
         self.cache = DecodedFrameCache(cache_bytes) if cache_bytes > 0 else None
         self._seeded_from: int | None = None
 
@@ -176,6 +191,11 @@ class DetectionDataset(Dataset):
             return found
         if self.decode_size is not None:
             pixels, full_size = load_image_reduced(record.image_path, self.decode_size)
+        elif self.decode_long_side is not None:
+            # The pipeline first resizes the longer side to decode_long_side: decode no less than that.
+            factor = self.decode_long_side / max(record.width, record.height)
+            need = (math.ceil(record.width * factor), math.ceil(record.height * factor))
+            pixels, full_size = load_image_reduced(record.image_path, need)
         else:
             pixels = load_image(record.image_path)
             full_size = (pixels.shape[1], pixels.shape[0])
