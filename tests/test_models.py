@@ -150,3 +150,24 @@ def test_channels_last_changes_layout_not_values() -> None:
         a = nhwc.head(list(nhwc.backbone(nhwc.transform(image)[0].tensors).values()))
         b = nchw.head(list(nchw.backbone(nchw.transform(image)[0].tensors).values()))
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_a_feature_pyramid_keeps_the_map_sides_and_feeds_every_level_context() -> None:
+    """pyramid_channels: the same maps, each with that many channels, and the stride-8 map (where
+    most bees are found) now depends on the coarsest map, which it did not without the pyramid."""
+    torch.manual_seed(0)
+    plain = ssd.ssd_resnet_slim(NUM_CLASSES, image_size=320)
+    pyramid = ssd.ssd_resnet_slim(NUM_CLASSES, image_size=320, pyramid_channels=48).eval()
+    assert _backbone_sides(pyramid, 320) == _backbone_sides(plain, 320) == feature_map_sizes(320)
+    assert pyramid.backbone.out_channels == [48] * len(feature_map_sizes(320))
+    check = [(c.in_channels, c.out_channels) for c in pyramid.head.classification_head.module_list]
+    assert all(cin == 48 for cin, _ in check)
+    # Change only the last extra block (which makes the 1x1 map): the first map must change too.
+    x = torch.rand(1, 3, 320, 320)
+    before = pyramid.backbone(x)["0"].detach().clone()
+    with torch.no_grad():
+        for p in pyramid.backbone.body.extras[-1].parameters():
+            p.add_(0.5)
+    assert not torch.allclose(pyramid.backbone(x)["0"], before)
+    with pytest.raises(ValueError, match="pyramid channels"):
+        ssd.ssd_resnet_slim(NUM_CLASSES, pyramid_channels=-1)

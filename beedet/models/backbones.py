@@ -32,6 +32,7 @@ from torchvision.models import (
     resnet50,
 )
 from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.ops import FeaturePyramidNetwork
 
 # The trunk (resnet or slim) downsamples by this factor before the first feature map.
 TRUNK_STRIDE = 8
@@ -67,6 +68,26 @@ class SSDFeatureExtractor(nn.Module):
             x = block(x)
             maps.append(x)
         return OrderedDict([(str(i), m) for i, m in enumerate(maps)])
+
+
+class PyramidFeatures(nn.Module):
+    """An :class:`SSDFeatureExtractor` whose maps are refined top-down by torchvision's
+    ``FeaturePyramidNetwork`` (Lin et al. 2017): each map gets the upsampled context of the coarser
+    ones, then a 3x3 conv, and every map comes out with ``channels`` channels. The same output
+    contract (same sides, ``out_channels`` = ``channels`` per map). Why: in a small from-scratch
+    trunk the stride-8 map, where most bees are found, has seen only a few convolutions; the
+    pyramid gives it what the deeper maps learnt about comb, crowds and shadows."""
+
+    def __init__(self, extractor: SSDFeatureExtractor, channels: int) -> None:
+        super().__init__()
+        if channels < 1:
+            raise ValueError(f"pyramid channels must be >= 1, got {channels}")
+        self.body = extractor
+        self.fpn = FeaturePyramidNetwork(list(extractor.out_channels), channels)
+        self.out_channels = [channels] * len(extractor.out_channels)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        return self.fpn(self.body(images))
 
 
 def feature_map_sizes(image_size: int) -> list[int]:

@@ -55,6 +55,7 @@ from torchvision.models.detection.ssd import SSD, SSDHead, SSDScoringHead
 
 from beedet.losses import FOCAL_PRIOR, HardNegativeCrossEntropy, SoftmaxFocalLoss, build_classification_loss
 from beedet.models.backbones import (
+    PyramidFeatures,
     SSDFeatureExtractor,
     default_extra_channels,
     extra_blocks,
@@ -215,6 +216,7 @@ def ssd_resnet_slim(
     anchor_scales: Sequence[float] | None = None,
     aspect_ratios: Sequence[Sequence[int]] | None = None,
     extra_channels: Sequence[int] | None = None,
+    pyramid_channels: int = 0,
     score_thresh: float = 0.01,
     nms_thresh: float = 0.45,
     detections_per_img: int = 200,
@@ -235,6 +237,9 @@ def ssd_resnet_slim(
     more map, then plain extra blocks (``extra_channels``, default 128, 128, then 64s) go down to
     1x1: 32, 16, 8, 4, 2, 1 at 256 px. The high-resolution stem and first stage are kept thin
     because memory traffic there dominates CPU time. Anchors as in ``ssd_resnet``.
+
+    ``pyramid_channels`` > 0 adds a feature pyramid (``backbones.PyramidFeatures``): every map is
+    refined top-down and comes out with that many channels, which the head then reads; 0: none.
     """
     trunk, stages, channels = slim_resnet(widths, blocks)
     sides = feature_map_sizes(image_size)
@@ -244,6 +249,8 @@ def ssd_resnet_slim(
     plain = list(extra_channels) if extra_channels is not None else default_extra_channels(num_plain, 128, 64)
     extras = nn.ModuleList([*stages, *extra_blocks(channels[-1], sides[len(channels) - 1], plain)])
     backbone = SSDFeatureExtractor(trunk, extras, [*channels, *plain])
+    if pyramid_channels:
+        backbone = PyramidFeatures(backbone, pyramid_channels)
     return _assemble_ssd(
         num_classes,
         backbone,
@@ -270,7 +277,7 @@ def ssd_resnet_slim(
 
 def _assemble_ssd(
     num_classes: int,
-    backbone: SSDFeatureExtractor,
+    backbone: SSDFeatureExtractor | PyramidFeatures,
     image_size: int,
     anchor_scales: Sequence[float] | None,
     aspect_ratios: Sequence[Sequence[int]] | None,
