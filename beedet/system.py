@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Timer
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -40,7 +41,9 @@ class DetectionModule(pl.LightningModule):
             in training mode, ``net(images)`` returns per-image detections in eval mode.
         class_names: name of each class id (0-based, no background entry).
         optimizer: builds the optimizer from the parameters (a ``functools.partial``).
-        scheduler: builds an lr schedule from ``(optimizer, total_steps)``; stepped every batch.
+        scheduler: builds an lr schedule from ``(optimizer, total_steps, time_fraction)``, stepped
+            every batch; ``time_fraction`` is None, or with ``trainer.max_time`` a callable giving
+            the share of the time budget spent (``beedet.schedules``).
         run_config: the resolved run config, stored in checkpoints so that ``evaluate.py`` and
             ``beedet.predict`` can rebuild exactly this network and data. The module never reads it.
         slicing: predict every image as overlapping tiles (``beedet.tiling``) instead of squashing
@@ -128,8 +131,21 @@ class DetectionModule(pl.LightningModule):
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
         total_steps = int(self.trainer.estimated_stepping_batches)
-        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total_steps, time_fraction=self._time_budget_fraction())
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _time_budget_fraction(self) -> Callable[[], float] | None:
+        """With ``trainer.max_time``, a callable giving the share of that time spent training (from
+        Lightning's Timer, which a resumed run restores), so schedules fit the time budget."""
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        if timer is None or timer.time_remaining() is None:
+            return None
+
+        def fraction() -> float:
+            elapsed = timer.time_elapsed()
+            return elapsed / max(elapsed + (timer.time_remaining() or 0.0), 1e-9)
+
+        return fraction
 
     # ---- validation ---------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
