@@ -2,6 +2,7 @@
 
     python evaluate.py ckpt=outputs/synthetic/<stamp>/checkpoints/best.ckpt
     python evaluate.py ckpt=... data=honeybee data.root=../shared/data/honeybee-mini
+    python evaluate.py ckpt=... val_subset=unseen   # only val images from videos/cameras not in train
 
 Writes metrics.json, report.md (with count_plot.png and pr_curves.png) and overlays/ into its run dir (printed on the
 last line). Objects are counted at the checkpoint's count threshold (count_threshold=0.4 overrides).
@@ -33,7 +34,8 @@ def main(cfg: DictConfig) -> float:
     system, train_cfg = load_system(cfg.ckpt, cfg.get("slicing"))
     data_cfg = cfg.data if cfg.get("data") is not None else train_cfg.data
     # No augmentation here: validation images go in as stored, boxes come back in their pixels.
-    datamodule = build_datamodule(data_cfg, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    subset = {"val_subset": cfg.val_subset} if cfg.get("val_subset") else {}
+    datamodule = build_datamodule(data_cfg, batch_size=cfg.batch_size, num_workers=cfg.num_workers, **subset)
     datamodule.load_labels()
     if datamodule.class_names != system.class_names:
         raise ValueError(f"the data's classes {datamodule.class_names} differ from the checkpoint's {system.class_names}")

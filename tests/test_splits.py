@@ -211,3 +211,19 @@ def test_composed_group_by_override_reaches_the_split(honeybee_mini: Path) -> No
     # A bad pattern stops the run when the data module is built, before any label is read.
     with pytest.raises(InstantiationException, match="not a valid regular expression"):
         _honeybee_mini_datamodule(honeybee_mini, "data.group_by='(unclosed'")
+
+
+def test_val_subset_unseen_keeps_only_val_images_of_groups_train_never_saw(honeybee_mini: Path, caplog) -> None:
+    everything = _honeybee_mini_datamodule(honeybee_mini)
+    with caplog.at_level("INFO", logger="beedet.data.datamodule"):
+        unseen = _honeybee_mini_datamodule(honeybee_mini, "data.val_subset=unseen")
+    shared = {r.image_path for r in leaked_val_images(everything.train_records, everything.val_records, everything.group_by)}
+    assert len(shared) == 5 and len(unseen.val_records) == 12 - 5
+    assert {r.image_path for r in unseen.val_records} == {r.image_path for r in everything.val_records} - shared
+    assert [r.image_path for r in unseen.train_records] == [r.image_path for r in everything.train_records]
+    assert unseen.reports["val"].images == 7 and unseen.reports["val"].shared_group_images == 0
+    assert "7 val images share no group with train (5 dropped)" in caplog.text
+    with pytest.raises(InstantiationException, match="needs data.group_by"):
+        _honeybee_mini_datamodule(honeybee_mini, "data.val_subset=unseen", "data.group_by=null")
+    with pytest.raises(InstantiationException, match="val_subset must be one of"):
+        _honeybee_mini_datamodule(honeybee_mini, "data.val_subset=novel")
