@@ -132,9 +132,14 @@ def test_preset_output_follows_model_image_size(name: str) -> None:
 def _geometric_part(pipeline: A.Compose, name: str) -> list[A.BasicTransform]:
     """The preset's transforms that move pixels (and boxes); colour and noise transforms never
     see boxes. A group mixing both kinds cannot be split, so it fails loudly here."""
+    def leaves_of(transform) -> list[A.BasicTransform]:
+        if isinstance(transform, A.BasicTransform):
+            return [transform]
+        return [leaf for t in transform.transforms for leaf in leaves_of(t)]  # groups nest (OneOf of Sequentials)
+
     geometric = []
     for transform in pipeline.transforms:
-        leaves = [transform] if isinstance(transform, A.BasicTransform) else list(transform.transforms)
+        leaves = leaves_of(transform)
         moves = [isinstance(t, A.DualTransform) for t in leaves]
         assert all(moves) or not any(moves), f"{name}: {transform} mixes geometric and colour transforms"
         if all(moves):
