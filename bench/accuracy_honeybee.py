@@ -1,9 +1,16 @@
 """Accuracy on real hive footage: train named experiments on the honeybee data, evaluate on its val split.
 
-    python bench/accuracy_honeybee.py --quick            # 2-core CPU, about 15 minutes
+    python bench/accuracy_honeybee.py --quick            # 2-core CPU, 6,000 images seen each
     python bench/accuracy_honeybee.py                    # full budget, for a GPU
     python bench/accuracy_honeybee.py --quick --rare-classes   # + class-imbalance variants
     python bench/accuracy_honeybee.py --quick --rare-classes --only tiled+focal --append
+    python bench/accuracy_honeybee.py --images-seen 6000,24000,96000 --only honeybee --append   # a learning curve
+
+A learning curve is one run per budget, each with its whole schedule (warmup, cosine decay to the
+end) fitted to that budget: what a user gets who trains that long, not a snapshot of a longer run.
+Every run is also evaluated, by `evaluate.py val_subset=unseen`, on the val images that share no
+video or camera with the training images (``data.group_by``; 33 of the 173 honeybee val images),
+reported beside the published split as ``unseen``.
 
 Every experiment gets the same budget of *images seen* (training samples drawn: a whole frame for
 whole-frame training, a tile for tiled training), so the comparison is about what the network is
@@ -13,9 +20,10 @@ the best epoch on the val split that is then reported). Its metrics.json comes f
 as `evaluate.py` (COCO mAP/AP50, per-class AP, AP by bee-size bin, count errors at the threshold
 chosen on val).
 
-Writes bench/results/accuracy_honeybee-<device>.json: the machine, versions, and per experiment
-the wall time, images seen, mAP, AP50, per-class AP, size-bin AP and count MAE. Prints a table with
-each experiment's ratio to the first (the baseline).
+Writes bench/results/accuracy_honeybee-<device>.json: the machine, versions, and per run
+(``name@images_seen``) the wall time, images seen, mAP, AP50, per-class AP, size-bin AP and count
+MAE, on the published val split and on its unseen part. Prints a table with each run's ratio to the
+first (the baseline).
 """
 
 from __future__ import annotations
@@ -39,7 +47,11 @@ SHARED_DATA = Path(os.environ.get("BEEDET_SHARED_DATA", REPO.parent / "shared" /
 EXPERIMENTS: dict[str, list[str]] = {
     "wholeframe_ssd300": ["+experiment=honeybee_wholeframe"],
     "tiled_ssd300_sliced": ["+experiment=honeybee_tiled"],
+    # The recipe the README recommends for real footage.
+    "honeybee": ["+experiment=honeybee"],
 }
+# Batch size on a CPU, per experiment (default 8: more steps for the same images); 64 on a GPU.
+CPU_BATCH_SIZE = {"honeybee": 16}
 # Options against class imbalance (workers outnumber queens 100 to 1), on top of tiled training.
 RARE_CLASS_VARIANTS: dict[str, list[str]] = {
     "tiled+repeat_factor": ["+experiment=honeybee_tiled", "data.repeat_factor_threshold=0.5"],
@@ -52,15 +64,16 @@ BUDGETS = {"quick": 6000, "full": 60000}  # images seen per experiment
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help=f"a 2-core CPU budget ({BUDGETS['quick']} images seen)")
-    parser.add_argument("--images-seen", type=int, default=None, help="override the budget of training samples per experiment")
+    parser.add_argument("--images-seen", default=None,
+                        help="the budget of training samples per run; a comma-separated list runs each experiment once per budget (a learning curve)")
     parser.add_argument("--rare-classes", action="store_true", help="also run the class-imbalance variants")
     parser.add_argument("--only", default=None, help="comma-separated experiment names to run")
     parser.add_argument("--data-root", type=Path, default=SHARED_DATA / "honeybee", help="the honeybee folder (train.manifest, valid.manifest)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on a CPU (more steps for the same images), 64 on a GPU")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on a CPU (16 for honeybee), 64 on a GPU")
     parser.add_argument("--num-workers", type=int, default=None, help="DataLoader workers (default: 2, or 8 on a GPU)")
     parser.add_argument("--trainer", default=None, help="trainer config (default: gpu when CUDA is present, else cpu)")
     parser.add_argument("--extra", action="append", default=[], help="a Hydra override added to every experiment (repeatable)")
-    parser.add_argument("--append", action="store_true", help="add to the device's existing result file (same mode and budget) instead of replacing it")
+    parser.add_argument("--append", action="store_true", help="add to (or replace runs in) the device's existing result file instead of replacing it")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--work-dir", type=Path, default=REPO / "outputs" / "bench")
     parser.add_argument("--device-name", default=None, help="names the result file (default: from the machine)")
@@ -72,8 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no honeybee data at {args.data_root} (train.manifest missing); see ../shared/data/README.md")
     cuda = torch.cuda.is_available()
     mode = "quick" if args.quick else "full"
-    images_seen = args.images_seen or BUDGETS[mode]
-    batch_size = args.batch_size or (64 if cuda else 8)
+    budgets = [int(b) for b in args.images_seen.split(",")] if args.images_seen else [BUDGETS[mode]]
     num_workers = args.num_workers if args.num_workers is not None else (8 if cuda else 2)
     trainer = args.trainer or ("gpu" if cuda else "cpu")
     experiments = dict(EXPERIMENTS)
@@ -85,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown experiment(s) {unknown}; known: {sorted(experiments)}")
         experiments = {k: experiments[k] for k in wanted}  # in the order asked for
+    elif not args.rare_classes:
+        experiments = {k: v for k, v in experiments.items() if k in EXPERIMENTS}
 
     machine = describe_machine()
     device_name = args.device_name or machine["slug"]
-    steps = max(1, images_seen // batch_size)
     results: dict = {
         "benchmark": "accuracy_honeybee",
         "mode": mode,
@@ -96,26 +109,27 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "data": str(args.data_root.name),
-        "images_seen_budget": steps * batch_size,
-        "batch_size": batch_size,
         "experiments": {},
     }
     out = args.out / f"accuracy_honeybee-{device_name}.json"
     if args.append and out.is_file():
         previous = json.loads(out.read_text())
-        if (previous["mode"], previous["images_seen_budget"], previous["batch_size"]) != (mode, steps * batch_size, batch_size):
-            parser.error(f"{out} holds a {previous['mode']} run of {previous['images_seen_budget']} images at batch "
-                         f"{previous['batch_size']}: not comparable, run without --append")
+        if previous.get("device") != results["device"]:
+            parser.error(f"{out} holds runs from {previous.get('device')}: not this machine, run without --append")
         results["experiments"] = previous["experiments"]
-    for name, overrides in experiments.items():
-        print(f"== {name}: {' '.join(overrides)} ({steps} steps of {batch_size})", flush=True)
-        results["experiments"][name] = run_experiment(
-            name, [*overrides, *args.extra], args.data_root, steps, batch_size, num_workers, trainer, args.work_dir
-        )
-        print(format_row(name, results["experiments"][name]), flush=True)
-        # Written after every experiment: a long run that is stopped keeps what it finished.
-        args.out.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+    for images_seen in budgets:
+        for name, overrides in experiments.items():
+            batch_size = args.batch_size or (64 if cuda else CPU_BATCH_SIZE.get(name, 8))
+            steps = max(1, images_seen // batch_size)
+            key = name if len(budgets) == 1 and not args.images_seen else f"{name}@{steps * batch_size}"
+            print(f"== {key}: {' '.join(overrides)} ({steps} steps of {batch_size})", flush=True)
+            results["experiments"][key] = run_experiment(
+                key, [*overrides, *args.extra], args.data_root, steps, batch_size, num_workers, trainer, args.work_dir
+            )
+            print(format_row(key, results["experiments"][key]), flush=True)
+            # Written after every run: a long benchmark that is stopped keeps what it finished.
+            args.out.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=2) + "\n")
 
     print(format_table(results))
     print(f"wrote {out}")
@@ -150,7 +164,27 @@ def run_experiment(name: str, overrides: list[str], data_root: Path, steps: int,
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{' '.join(cmd)}\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     run_dir = Path(re.findall(r"^run dir: (.+)$", proc.stdout, flags=re.M)[-1])
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    return summarize(metrics, overrides, wall, steps * batch_size, run_dir)
+    result = summarize(metrics, overrides, wall, steps * batch_size, run_dir)
+    result["batch_size"] = batch_size
+    result["unseen"] = evaluate_unseen(run_dir, num_workers, env)
+    return result
+
+
+def evaluate_unseen(run_dir: Path, num_workers: int, env: dict[str, str]) -> dict | None:
+    """The run's checkpoint on the val images that share no video or camera with train
+    (``evaluate.py val_subset=unseen``), at the run's own count threshold; None when the data
+    has no ``group_by`` pattern to tell them apart."""
+    cmd = [sys.executable, str(REPO / "evaluate.py"), f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "val_subset=unseen",
+           f"num_workers={num_workers}", "num_overlays=0", f"run_dir={run_dir / 'unseen'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        if "needs data.group_by" in proc.stderr + proc.stdout:
+            return None
+        raise SystemExit(f"evaluate.py val_subset=unseen failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    metrics = json.loads((run_dir / "unseen" / "metrics.json").read_text())
+    summary = summarize(metrics, [], 0.0, 0, run_dir / "unseen")
+    summary["num_images"] = metrics.get("counting", {}).get("num_images")
+    return {k: v for k, v in summary.items() if k not in ("overrides", "wall_s", "images_seen")}
 
 
 def summarize(metrics: dict, overrides: list[str], wall: float, images_seen: int, run_dir: Path) -> dict:
@@ -178,7 +212,9 @@ def _fmt(value) -> str:
 
 def format_row(name: str, r: dict) -> str:
     per_class = " ".join(f"{k}={_fmt(v)}" for k, v in r["per_class_AP50"].items())
-    return f"{name}: AP50 {_fmt(r['AP50'])} mAP {_fmt(r['mAP'])} count MAE {_fmt(r['count_MAE'])} [{per_class}] ({r['wall_s']:.0f} s)"
+    unseen = r.get("unseen")
+    tail = f"; unseen val AP50 {_fmt(unseen['AP50'])} count MAE {_fmt(unseen['count_MAE'])}" if unseen else ""
+    return f"{name}: AP50 {_fmt(r['AP50'])} mAP {_fmt(r['mAP'])} count MAE {_fmt(r['count_MAE'])} [{per_class}] ({r['wall_s']:.0f} s){tail}"
 
 
 def format_table(results: dict) -> str:
@@ -187,15 +223,17 @@ def format_table(results: dict) -> str:
         return "no experiments"
     base = results["experiments"][names[0]]
     lines = [
-        f"accuracy_honeybee ({results['mode']}, {results['device']}, {results['images_seen_budget']} images seen each)",
-        f"{'experiment':<24} {'AP50':>6} {'xbase':>6} {'mAP':>6} {'countMAE':>9} {'xbase':>6} {'wall s':>7}",
+        f"accuracy_honeybee ({results['device']}; AP50 and count MAE on the published val split, then on its unseen part)",
+        f"{'run':<28} {'images':>7} {'AP50':>6} {'xbase':>6} {'mAP':>6} {'countMAE':>9} {'xbase':>6} {'unseenAP50':>10} {'wall s':>7}",
     ]
     for name in names:
         r = results["experiments"][name]
         ap_ratio = r["AP50"] / base["AP50"] if base["AP50"] and base["AP50"] > 0 else float("nan")
         mae_ratio = r["count_MAE"] / base["count_MAE"] if base.get("count_MAE") else float("nan")
+        unseen = _fmt(r["unseen"]["AP50"]) if r.get("unseen") else "n/a"
         lines.append(
-            f"{name:<24} {_fmt(r['AP50']):>6} {ap_ratio:>6.2f} {_fmt(r['mAP']):>6} {_fmt(r['count_MAE']):>9} {mae_ratio:>6.2f} {r['wall_s']:>7.0f}"
+            f"{name:<28} {r['images_seen']:>7} {_fmt(r['AP50']):>6} {ap_ratio:>6.2f} {_fmt(r['mAP']):>6} {_fmt(r['count_MAE']):>9} "
+            f"{mae_ratio:>6.2f} {unseen:>10} {r['wall_s']:>7.0f}"
         )
     return "\n".join(lines)
 
