@@ -11,8 +11,9 @@ without knowing about it.
 
 What this class adds to Lightning's ``EMAWeightAveraging``: a warmup of the decay. A fixed decay of
 0.999 still weights the first step's (nearly random) weights by 0.999^n after n steps (0.69 after
-375 steps, a short CPU run); here the decay is ``decay * (1 - exp(-n / warmup_steps))`` (YOLOv5's ramp), so
-early averages follow the model closely and long runs average over about 1 / (1 - decay) steps.
+375 steps, a short CPU run); here the decay is ``decay * (1 - exp(-n / warmup_steps))`` (YOLOv5's
+ramp), so early averages follow the model closely and long runs average over about
+1 / (1 - decay) steps.
 """
 
 from __future__ import annotations

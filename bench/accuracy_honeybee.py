@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         if previous.get("device") != results["device"]:
             parser.error(f"{out} holds runs from {previous.get('device')}: not this machine, run without --append")
         results["experiments"] = previous["experiments"]
+        for entry in results["experiments"].values():  # files from before per-run batch sizes
+            entry.setdefault("batch_size", previous.get("batch_size"))
     for images_seen in budgets:
         for name, overrides in experiments.items():
             batch_size = args.batch_size or (64 if cuda else CPU_BATCH_SIZE.get(name, 8))
