@@ -168,16 +168,22 @@ def run_experiment(name: str, overrides: list[str], data_root: Path, steps: int,
     metrics = json.loads((run_dir / "metrics.json").read_text())
     result = summarize(metrics, overrides, wall, steps * batch_size, run_dir)
     result["batch_size"] = batch_size
-    result["unseen"] = evaluate_unseen(run_dir, num_workers, env)
+    result["unseen"] = evaluate_unseen(run_dir, num_workers, env, result["count_threshold"])
     return result
 
 
-def evaluate_unseen(run_dir: Path, num_workers: int, env: dict[str, str]) -> dict | None:
-    """The run's checkpoint on the val images that share no video or camera with train
-    (``evaluate.py val_subset=unseen``), at the run's own count threshold; None when the data
+def evaluate_unseen(run_dir: Path, num_workers: int, env: dict[str, str], count_threshold: float | None) -> dict | None:
+    """The run's final checkpoint on the val images that share no video or camera with train
+    (``evaluate.py val_subset=unseen``), counting at the threshold the run chose on its whole val
+    split (not one tuned on these images); None when the data
     has no ``group_by`` pattern to tell them apart."""
-    cmd = [sys.executable, str(REPO / "evaluate.py"), f"ckpt={run_dir / 'checkpoints' / 'best.ckpt'}", "val_subset=unseen",
+    # Validating only at the end (as run_experiment does) leaves no best.ckpt: last.ckpt then holds
+    # the final weights (the average, with callbacks=ema), which train.py validated.
+    ckpt = next(p for p in (run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt") if p.is_file())
+    cmd = [sys.executable, str(REPO / "evaluate.py"), f"ckpt={ckpt}", "val_subset=unseen",
            f"num_workers={num_workers}", "num_overlays=0", f"run_dir={run_dir / 'unseen'}"]
+    if count_threshold is not None:
+        cmd.append(f"count_threshold={count_threshold}")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         if "needs data.group_by" in proc.stderr + proc.stdout:
@@ -186,6 +192,7 @@ def evaluate_unseen(run_dir: Path, num_workers: int, env: dict[str, str]) -> dic
     metrics = json.loads((run_dir / "unseen" / "metrics.json").read_text())
     summary = summarize(metrics, [], 0.0, 0, run_dir / "unseen")
     summary["num_images"] = metrics.get("counting", {}).get("num_images")
+    summary["checkpoint"] = str(ckpt)
     return {k: v for k, v in summary.items() if k not in ("overrides", "wall_s", "images_seen")}
 
 
