@@ -102,10 +102,8 @@ def reduced_decode_long_side(transform: A.Compose | None) -> int | None:
     """The longer side a frame may be decoded down to for ``transform``: ``max_size`` of its first
     step when that step is an ``A.LongestMaxSize`` with one size that always runs, in a Compose
     that always runs (``conf/augment/scaled.yaml``); None otherwise."""
-    if transform is None or transform.p < 1.0 or not transform.transforms:
-        return None
-    first = transform.transforms[0]
-    if type(first) is A.LongestMaxSize and first.p >= 1.0 and isinstance(first.max_size, int):
+    first = _leading_step(transform)
+    if type(first) is A.LongestMaxSize and isinstance(first.max_size, int):
         return int(first.max_size)
     return None
 
@@ -114,12 +112,19 @@ def reduced_decode_size(transform: A.Compose | None) -> tuple[int, int] | None:
     """The (width, height) a frame may be decoded down to for ``transform``: the output size of its
     first step when that step is an ``A.Resize`` that always runs, in a Compose that always runs;
     None otherwise (no transform, or a pipeline that needs the stored pixels, e.g. tiled crops)."""
+    first = _leading_step(transform)
+    if type(first) is A.Resize:
+        return int(first.width), int(first.height)
+    return None
+
+
+def _leading_step(transform: A.Compose | None) -> A.BasicTransform | None:
+    """The first step of ``transform`` when both the Compose and that step always run, else None:
+    only such a step may decide how small a frame can be decoded."""
     if transform is None or transform.p < 1.0 or not transform.transforms:
         return None
     first = transform.transforms[0]
-    if type(first) is A.Resize and first.p >= 1.0:
-        return int(first.width), int(first.height)
-    return None
+    return first if first.p >= 1.0 else None
 
 
 class DetectionDataset(Dataset):
