@@ -167,24 +167,26 @@ class BeeDataModule(pl.LightningDataModule):
         if not val_records:
             raise DataError(f"no usable validation images (train: {self.train_source.name})")
 
+        # A given split is used as it is, but val images from the same video (or photo) as a
+        # training image make val scores optimistic: count them, or with val_subset=unseen drop them.
+        measured = self.val_source is not None and self.group_by is not None
+        leaked = leaked_val_images(train_records, val_records, self.group_by) if measured else []
+        if self.val_subset == "unseen" and measured:
+            shared = {id(r) for r in leaked}
+            val_records = [r for r in val_records if id(r) not in shared]
+            log.info("data.val_subset=unseen: %d val images share no group with train (%d dropped)", len(val_records), len(leaked))
+            if not val_records:
+                raise DataError(f"data.val_subset=unseen leaves no validation images (train: {self.train_source.name})")
+            leaked = []
+
         self.class_names = _padded_class_names(train_set.class_names, self.num_classes_wanted, self.train_source.name)
         self.train_records, self.val_records = train_records, val_records
+        val_name = "val (unseen groups)" if self.val_subset == "unseen" and measured else "val"
         self.reports = {
             "train": DataReport.from_label_set(LabelSet(train_records, self.class_names, train_set.problems), name="train"),
-            "val": DataReport.from_label_set(LabelSet(val_records, self.class_names, val_problems), name="val"),
+            "val": DataReport.from_label_set(LabelSet(val_records, self.class_names, val_problems), name=val_name),
         }
-        if self.val_source is not None and self.group_by is not None:
-            # A given split is used as it is, but val images from the same video (or photo) as a
-            # training image make val scores optimistic: say how many there are.
-            leaked = leaked_val_images(train_records, val_records, self.group_by)
-            if self.val_subset == "unseen":
-                shared = {id(r) for r in leaked}
-                self.val_records = val_records = [r for r in val_records if id(r) not in shared]
-                log.info("data.val_subset=unseen: %d val images share no group with train (%d dropped)", len(val_records), len(leaked))
-                if not val_records:
-                    raise DataError(f"data.val_subset=unseen leaves no validation images (train: {self.train_source.name})")
-                self.reports["val"] = DataReport.from_label_set(LabelSet(val_records, self.class_names, val_problems), name="val (unseen groups)")
-                leaked = []
+        if measured:
             self.reports["val"].shared_group_images = len(leaked)
             if leaked:
                 log.warning("%d of %d val images share a data.group_by group with training images (e.g. %s); "
