@@ -138,14 +138,11 @@ class DetectionModule(pl.LightningModule):
         """With ``trainer.max_time``, a callable giving the share of that time spent training (from
         Lightning's Timer, which a resumed run restores), so schedules fit the time budget."""
         timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
-        if timer is None or timer.time_remaining() is None:
+        remaining = timer.time_remaining() if timer is not None else None
+        if remaining is None:
             return None
-
-        def fraction() -> float:
-            elapsed = timer.time_elapsed()
-            return elapsed / max(elapsed + (timer.time_remaining() or 0.0), 1e-9)
-
-        return fraction
+        budget = max(timer.time_elapsed() + remaining, 1e-9)  # the max_time duration, fixed
+        return lambda: timer.time_elapsed() / budget
 
     # ---- validation ---------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -97,8 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown experiment(s) {unknown}; known: {sorted(experiments)}")
         experiments = {k: experiments[k] for k in wanted}  # in the order asked for
-    elif not args.rare_classes:
-        experiments = {k: v for k, v in experiments.items() if k in EXPERIMENTS}
 
     machine = describe_machine()
     device_name = args.device_name or machine["slug"]
