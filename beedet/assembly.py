@@ -109,28 +109,28 @@ def load_system(ckpt_path: str | os.PathLike, slicing: DictConfig | None = None)
     ``slicing`` replaces the checkpoint's inference slicing (a ``conf/slicing`` config, resolved
     against the checkpoint's own config, so ``${model.image_size}`` means the trained model's);
     None keeps the checkpoint's."""
-    checkpoint = load_checkpoint(ckpt_path)
-    if "beedet" not in checkpoint:
-        raise ValueError(f"{ckpt_path} is not a beedet checkpoint (no 'beedet' entry)")
-    class_names = checkpoint["beedet"]["class_names"]
-    run_cfg = OmegaConf.create(checkpoint["beedet"]["config"])
+    # Tensors and plain data only, and a stored config naming only trusted _target_s: a checkpoint
+    # from elsewhere cannot run code here (beedet.checkpointing).
+    checkpoint, payload = load_checkpoint(ckpt_path)
+    stored_config = payload.config
+    run_cfg = OmegaConf.create(stored_config)
     if slicing is not None:
         run_cfg = OmegaConf.merge(run_cfg, {"slicing": None})
         run_cfg.slicing = slicing
     # The weights come from the checkpoint: never download ImageNet weights to overwrite them.
     extra = {"pretrained_backbone": False} if "pretrained_backbone" in run_cfg.model else {}
-    net = build_network(run_cfg.model, num_classes=len(class_names), **extra)
+    net = build_network(run_cfg.model, num_classes=len(payload.class_names), **extra)
     system = DetectionModule(
         net=net,
-        class_names=class_names,
+        class_names=payload.class_names,
         optimizer=instantiate(run_cfg.optimizer),
-        run_config=checkpoint["beedet"]["config"],
+        run_config=stored_config,
         slicing=build_slicing(run_cfg.get("slicing")),
         # Evaluate as the training run validated: its size bins, maxDets and count threshold
         # (None in checkpoints older than counting: then it is chosen on the data evaluated).
-        size_bins=checkpoint["beedet"].get("size_bins"),
+        size_bins=payload.size_bins,
         max_detections=OmegaConf.select(run_cfg, "evaluation.max_detections", default=DEFAULT_MAX_DETECTIONS),
-        count_threshold=checkpoint["beedet"].get("count_threshold"),
+        count_threshold=payload.count_threshold,
     )
     system.load_state_dict(checkpoint["state_dict"])
     return system.eval(), run_cfg

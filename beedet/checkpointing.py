@@ -1,19 +1,31 @@
-"""Checkpoints that are never half-written.
+"""Checkpoints that are never half-written, and never run code when read.
 
 A run killed while saving (OOM killer, spot interruption, Ctrl-C) must leave the previous
 ``last.ckpt`` intact, or resuming is impossible. Lightning writes checkpoints through a
 ``CheckpointIO`` plugin; this one writes to a temporary file in the same directory, fsyncs it, and
 renames it over the target, which POSIX makes atomic.
+
+Reading is the other half: :func:`load_checkpoint` unpickles tensors and plain data only and
+refuses stored configs that name classes beedet does not trust, because a checkpoint downloaded
+or shared is a program otherwise. Its plain-data payload is one typed class,
+:class:`CheckpointPayload`.
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import inspect
 import os
+import pickle
 import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from lightning_fabric.utilities.types import _PATH
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
@@ -42,13 +54,198 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a beedet checkpoint on the CPU.
+# ---- reading checkpoints from anywhere -------------------------------------------------------
+# A checkpoint is a pickle, and a pickle is a program. Everything beedet reads from a checkpoint
+# (evaluate.py, beedet.predict, serving, the SageMaker artifact writer) goes through
+# load_checkpoint, which lets torch unpickle only tensors and plain data (weights_only=True), and
+# then checks the one thing plain data can still smuggle in: the Hydra ``_target_`` names of the
+# stored run config, which assembly instantiates to rebuild the network. Resuming a run from its own
+# last.ckpt in its own run directory keeps Lightning's loader (trainer.fit(ckpt_path=...)).
 
-    ``weights_only=False`` because Lightning checkpoints carry optimizer state and hyperparameters
-    (plain Python objects): load only checkpoints you trust, as with any pickle.
+PAYLOAD_KEY = "beedet"
+PAYLOAD_FORMAT = 2
+
+# The classes outside beedet that beedet's own conf/ names as ``_target_`` (tests/test_checkpoint_safety.py
+# keeps this list and conf/ in step). Anything else foreign in a stored config stops the load.
+TRUSTED_FOREIGN_TARGETS = frozenset({
+    *(f"albumentations.{name}" for name in (
+        "Affine", "AtLeastOneBBoxRandomCrop", "ColorJitter", "GaussNoise", "GaussianBlur", "HorizontalFlip",
+        "LongestMaxSize", "MotionBlur", "OneOf", "PadIfNeeded", "RandomBrightnessContrast", "RandomCrop",
+        "RandomResizedCrop", "RandomRotate90", "RandomScale", "Resize", "SaltAndPepper", "Sequential",
+        "VerticalFlip")),
+    "pytorch_lightning.Trainer",
+    "pytorch_lightning.callbacks.LearningRateMonitor",
+    "pytorch_lightning.callbacks.ModelCheckpoint",
+    "pytorch_lightning.loggers.TensorBoardLogger",
+    *(f"torch.optim.{name}" for name in ("Adadelta", "Adam", "AdamW", "RMSprop", "SGD")),
+})
+
+
+class UntrustedCheckpoint(ValueError):
+    """A checkpoint that beedet refuses to load: pickled objects beyond tensors and plain data,
+    or a stored config naming a ``_target_`` beedet does not trust."""
+
+
+@dataclass(frozen=True)
+class CheckpointPayload:
+    """What a beedet checkpoint holds beside the weights, as plain data (``checkpoint["beedet"]``).
+
+    ``class_names``: the name of each class id (0-based, no background). ``config_yaml``: the
+    resolved run config as YAML text. ``count_threshold``: the score threshold for counting (None:
+    not chosen yet). ``size_bins``: inner area edges (px^2) of the validation size bins, or None.
+    Written by :meth:`to_plain` (``DetectionModule.on_save_checkpoint``), read by :meth:`from_plain`
+    (:func:`load_checkpoint`): one writer, one reader.
+    """
+
+    class_names: list[str]
+    config_yaml: str
+    count_threshold: float | None = None
+    size_bins: list[float] | None = None
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], class_names: Sequence[str], *, count_threshold: float | None,
+                    size_bins: Sequence[float] | None) -> CheckpointPayload:
+        return cls(list(class_names), yaml.safe_dump(config, sort_keys=False), count_threshold,
+                   None if size_bins is None else [float(b) for b in size_bins])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The run config as plain containers (parsed with ``yaml.safe_load``: no tags, no objects)."""
+        config = yaml.safe_load(self.config_yaml)
+        return config if isinstance(config, dict) else {}
+
+    def to_plain(self) -> dict[str, Any]:
+        return {"format": PAYLOAD_FORMAT, "class_names": list(self.class_names), "config_yaml": self.config_yaml,
+                "count_threshold": self.count_threshold, "size_bins": self.size_bins}
+
+    @classmethod
+    def from_plain(cls, entry: Any, source: str | os.PathLike) -> CheckpointPayload:
+        """Read ``checkpoint["beedet"]``; raises ``ValueError`` naming ``source`` when it is malformed.
+
+        Format 1 (beedet before this class: the config as a dict) holds the same plain data and is
+        read the same way."""
+        if not isinstance(entry, dict):
+            raise ValueError(f"{source}: the '{PAYLOAD_KEY}' entry is a {type(entry).__name__}, not a dict")
+        if entry.get("format", 1) == 1 and isinstance(entry.get("config"), dict):
+            entry = {**entry, "config_yaml": yaml.safe_dump(entry["config"], sort_keys=False)}
+        elif entry.get("format") != PAYLOAD_FORMAT:
+            raise ValueError(f"{source}: unknown beedet checkpoint format {entry.get('format')!r}; "
+                             f"this beedet reads formats 1 and {PAYLOAD_FORMAT}")
+        names, text = entry.get("class_names"), entry.get("config_yaml")
+        threshold, bins = entry.get("count_threshold"), entry.get("size_bins")
+        if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+            raise ValueError(f"{source}: class_names must be a non-empty list of strings, got {names!r}")
+        if not isinstance(text, str):
+            raise ValueError(f"{source}: config_yaml must be text, got {type(text).__name__}")
+        if threshold is not None and not isinstance(threshold, (int, float)):
+            raise ValueError(f"{source}: count_threshold must be a number or null, got {threshold!r}")
+        if bins is not None and not (isinstance(bins, list) and all(isinstance(b, (int, float)) for b in bins)):
+            raise ValueError(f"{source}: size_bins must be a list of numbers or null, got {bins!r}")
+        return cls(list(names), text, None if threshold is None else float(threshold),
+                   None if bins is None else [float(b) for b in bins])
+
+
+def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], CheckpointPayload]:
+    """Read a beedet checkpoint on the CPU without running any code it might carry.
+
+    Returns the checkpoint dict (``state_dict`` and the rest, tensors and plain data only) and its
+    payload, whose stored config names only trusted ``_target_`` s (:func:`untrusted_targets`).
+    Raises ``FileNotFoundError``, :class:`UntrustedCheckpoint` (pickled objects or foreign
+    targets; nothing has run) or ``ValueError`` (not a beedet checkpoint).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UntrustedCheckpoint(
+            f"{path} holds pickled objects other than tensors and plain data, so beedet will not load it "
+            f"(that could run code). If it is an older checkpoint you trust, convert it once: "
+            f"python -m beedet.checkpointing {path} <converted.ckpt>   (torch: {first_line})") from None
+    if not isinstance(checkpoint, dict) or PAYLOAD_KEY not in checkpoint:
+        raise ValueError(f"{path} is not a beedet checkpoint (no '{PAYLOAD_KEY}' entry)")
+    payload = CheckpointPayload.from_plain(checkpoint[PAYLOAD_KEY], path)
+    foreign = untrusted_targets(payload.config)
+    if foreign:
+        raise UntrustedCheckpoint(
+            f"{path}: its stored config names _target_ {', '.join(sorted(set(foreign)))}, which beedet does not "
+            f"trust (only beedet's own classes and functions and {len(TRUSTED_FOREIGN_TARGETS)} torch, Lightning and "
+            f"albumentations classes named in beedet's conf/); nothing was built")
+    return checkpoint, payload
+
+
+def untrusted_targets(config: Any) -> list[str]:
+    """Every ``_target_`` in ``config`` (nested dicts and lists) that is neither in
+    :data:`TRUSTED_FOREIGN_TARGETS` nor a class or function defined in beedet itself.
+
+    ``beedet.x.os.system`` is not beedet's: a name counts as beedet's only when it resolves to an
+    object whose defining module and qualified name spell that same name."""
+    found: list[str] = []
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if target is not None and not _trusted(target):
+                found.append(str(target))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
+def _trusted(target: Any) -> bool:
+    if not isinstance(target, str):
+        return False
+    if target in TRUSTED_FOREIGN_TARGETS:
+        return True
+    if not target.startswith("beedet."):
+        return False
+    parts = target.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module_name = ".".join(parts[:split])
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for attribute in parts[split:]:
+            obj = getattr(obj, attribute, None)
+        if obj is None or not (inspect.isclass(obj) or inspect.isfunction(obj)):
+            return False
+        return f"{obj.__module__}.{obj.__qualname__}" == target and obj.__module__.startswith("beedet.")
+    return False
+
+
+def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike) -> Path:
+    """Rewrite a checkpoint you trust (an older beedet's, or one whose extra entries hold pickled
+    objects) as one :func:`load_checkpoint` accepts: the weights, the payload in the current format
+    and the epoch and step. Optimizer and loop state are left behind (resume from the original).
+
+    This is the one place that unpickles with ``weights_only=False``: run it only on files you trust.
+    The result is read back through :func:`load_checkpoint` before this returns."""
+    source, destination = Path(source), Path(destination)
+    full = torch.load(source, map_location="cpu", weights_only=False)
+    if not isinstance(full, dict) or PAYLOAD_KEY not in full:
+        raise ValueError(f"{source} is not a beedet checkpoint (no '{PAYLOAD_KEY}' entry)")
+    payload = CheckpointPayload.from_plain(full[PAYLOAD_KEY], source)
+    state_dict = {str(k): v for k, v in full["state_dict"].items() if isinstance(v, torch.Tensor)}
+    converted = {"state_dict": state_dict, PAYLOAD_KEY: payload.to_plain(),
+                 **{k: full[k] for k in ("epoch", "global_step", "pytorch-lightning_version") if k in full}}
+    AtomicCheckpointIO().save_checkpoint(converted, destination)
+    load_checkpoint(destination)
+    return destination
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m beedet.checkpointing",
+                                     description="Convert a trusted older checkpoint into one beedet loads safely.")
+    parser.add_argument("source", help="the checkpoint to convert (it is unpickled: only one you trust)")
+    parser.add_argument("destination", help="where to write the converted checkpoint")
+    args = parser.parse_args(argv)
+    print(f"wrote {convert_checkpoint(args.source, args.destination)}")
+
+
+if __name__ == "__main__":
+    main()

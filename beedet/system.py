@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from beedet.checkpointing import PAYLOAD_KEY, CheckpointPayload
 from beedet.data.records import ImageRecord
 from beedet.evaluation.coco import DEFAULT_MAX_DETECTIONS, CocoMetrics, evaluate_records
 from beedet.evaluation.counting import CountMetrics, choose_count_threshold, count_metrics
@@ -217,10 +218,10 @@ class DetectionModule(pl.LightningModule):
         return self.detect(images)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["beedet"] = {
-            "class_names": self.class_names,
-            "config": self.run_config,
+        checkpoint[PAYLOAD_KEY] = CheckpointPayload.from_config(
+            self.run_config or {},
+            self.class_names,
             # The threshold in use: the configured one, or the one chosen on the latest validation.
-            "count_threshold": self.count_threshold if self.last_counts is None else self.last_counts.threshold,
-            "size_bins": self.size_bins,
-        }
+            count_threshold=self.count_threshold if self.last_counts is None else self.last_counts.threshold,
+            size_bins=self.size_bins,
+        ).to_plain()

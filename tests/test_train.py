@@ -9,7 +9,8 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import TINY_SYNTHETIC, run_script
+from beedet.checkpointing import load_checkpoint
+from conftest import TINY_SYNTHETIC, overriding, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +33,21 @@ def test_run_dir_artifacts(trained_run: Path):
     assert set(metrics["per_class_AP"]) == {"bee", "drone", "pollenbee", "queen"}
     assert 0.0 <= metrics["mAP"] <= 1.0
     # Checkpoints carry what evaluate.py and predict need to rebuild the run.
-    ckpt = torch.load(trained_run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["beedet"]["class_names"] == ["bee", "drone", "pollenbee", "queen"]
-    assert ckpt["beedet"]["config"]["model"]["_target_"].startswith("beedet.models")
+    # They load without unpickling anything but tensors and plain data.
+    _, payload = load_checkpoint(trained_run / "checkpoints" / "best.ckpt")
+    assert payload.class_names == ["bee", "drone", "pollenbee", "queen"]
+    assert payload.config["model"]["_target_"].startswith("beedet.models")
+
+
+def test_default_recipe_learns(tmp_path: Path):
+    """The default recipe on a shrunken synthetic set (192 images, 16 epochs of 12 steps, ~1 min on
+    2 cores) must detect bees. Measured on the 2-core CPU: val AP50 0.399 trained, 0.0004 with the
+    same run at optimizer.lr=0 (the weights never move), so 0.2 cannot be reached without learning."""
+    _, run_dir = run_script(["train.py", *overriding(
+        TINY_SYNTHETIC, "data.train.num_images=192", "data.val.num_images=32", "data.batch_size=16",
+        "trainer.max_epochs=16", "callbacks.prediction_overlays.every_n_epochs=100")], tmp_path)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["AP50"] >= 0.2, metrics["AP50"]
 
 
 def test_tensorboard_tags(trained_run: Path):

@@ -26,10 +26,9 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-import yaml
 
 import beedet
-from beedet.checkpointing import load_checkpoint
+from beedet.checkpointing import PAYLOAD_KEY, load_checkpoint
 
 PACKAGE_DIR = Path(beedet.__file__).resolve().parent
 # Provided by the SageMaker PyTorch serving container, built for its CUDA: never pip-installed over it.
@@ -56,13 +55,12 @@ def write_model_artifact(model_dir: str | os.PathLike, checkpoint: str | os.Path
     checkpoint) into ``model_dir``, replacing an earlier artifact's files there. ``requirements``:
     the lines of code/requirements.txt; None: :func:`runtime_requirements`. Returns ``model_dir``."""
     model_dir = Path(model_dir)
-    full = load_checkpoint(checkpoint)
-    if "beedet" not in full:
-        raise ValueError(f"{checkpoint} is not a beedet checkpoint (no 'beedet' entry)")
+    # The same safe read as serving's: tensors and plain data, trusted targets only.
+    full, payload = load_checkpoint(checkpoint)
     model_dir.mkdir(parents=True, exist_ok=True)
-    _atomic_write(model_dir / "model.ckpt", lambda f: torch.save({k: full[k] for k in CHECKPOINT_KEYS if k in full}, f))
-    config_text = yaml.safe_dump(full["beedet"]["config"], sort_keys=False)
-    _atomic_write(model_dir / "config.yaml", lambda f: f.write(config_text.encode()))
+    slim = {k: full[k] for k in CHECKPOINT_KEYS if k in full} | {PAYLOAD_KEY: payload.to_plain()}
+    _atomic_write(model_dir / "model.ckpt", lambda f: torch.save(slim, f))
+    _atomic_write(model_dir / "config.yaml", lambda f: f.write(payload.config_yaml.encode()))
 
     code = model_dir / "code"
     if code.exists():

@@ -1,0 +1,170 @@
+"""A checkpoint from elsewhere cannot run code: pickled payloads and foreign Hydra targets are
+refused by every command that reads checkpoints, and the typed payload round-trips."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from omegaconf import OmegaConf
+
+from beedet.assembly import build_network, build_system, load_system
+from beedet.checkpointing import (
+    PAYLOAD_KEY,
+    TRUSTED_FOREIGN_TARGETS,
+    CheckpointPayload,
+    UntrustedCheckpoint,
+    convert_checkpoint,
+    load_checkpoint,
+    untrusted_targets,
+)
+from conftest import CONF, REPO, TINY_SYNTHETIC, compose_config
+
+CLASSES = ["bee", "drone", "pollenbee", "queen"]
+
+
+class _TouchOnUnpickle:
+    """Unpickling this calls ``Path.touch(marker)``: the stand-in for any code a pickle can run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+@pytest.fixture(scope="module")
+def untrained_checkpoint(tmp_path_factory) -> Path:
+    """A valid beedet checkpoint of the default (shrunk) recipe, written by the system's own
+    ``on_save_checkpoint`` without training (weights are random; only loading is tested)."""
+    cfg = compose_config(TINY_SYNTHETIC)
+    system = build_system(cfg, build_network(cfg.model, num_classes=len(CLASSES)), CLASSES)
+    checkpoint = {"state_dict": system.state_dict(), "epoch": 0, "global_step": 0}
+    system.on_save_checkpoint(checkpoint)
+    path = tmp_path_factory.mktemp("ckpt") / "clean.ckpt"
+    torch.save(checkpoint, path)
+    return path
+
+
+def _variant(clean: Path, tmp_path: Path, name: str, edit) -> Path:
+    checkpoint = torch.load(clean, weights_only=True)
+    edit(checkpoint)
+    path = tmp_path / name
+    torch.save(checkpoint, path)
+    return path
+
+
+def _with_pickle(clean: Path, tmp_path: Path, marker: Path) -> Path:
+    return _variant(clean, tmp_path, "pickle.ckpt", lambda c: c.update(hyper_parameters={"x": _TouchOnUnpickle(marker)}))
+
+
+def _with_foreign_target(clean: Path, tmp_path: Path, marker: Path) -> Path:
+    """The stored optimizer becomes ``numpy.savetxt(marker, [1])``: plain data that Hydra would
+    turn into a file write (its own blocklist stops os.system, not this)."""
+
+    def edit(checkpoint):
+        payload = CheckpointPayload.from_plain(checkpoint[PAYLOAD_KEY], "test")
+        config = payload.config
+        config["optimizer"] = {"_target_": "numpy.savetxt", "fname": str(marker), "X": [1.0]}
+        checkpoint[PAYLOAD_KEY] = CheckpointPayload.from_config(
+            config, payload.class_names, count_threshold=None, size_bins=None).to_plain()
+
+    return _variant(clean, tmp_path, "foreign.ckpt", edit)
+
+
+def test_payload_round_trip_and_format_1(untrained_checkpoint: Path):
+    checkpoint, payload = load_checkpoint(untrained_checkpoint)
+    assert payload.class_names == CLASSES and payload.config["model"]["_target_"].startswith("beedet.models.")
+    assert set(checkpoint[PAYLOAD_KEY]) == {"format", "class_names", "config_yaml", "count_threshold", "size_bins"}
+    again = CheckpointPayload.from_plain(payload.to_plain(), "x")
+    assert again == payload
+    # What beedet wrote before the typed payload: the config as a dict, no format number.
+    legacy = {"class_names": CLASSES, "config": payload.config, "count_threshold": 0.4, "size_bins": [10.0]}
+    read = CheckpointPayload.from_plain(legacy, "old.ckpt")
+    assert read.config == payload.config and read.count_threshold == 0.4 and read.size_bins == [10.0]
+    with pytest.raises(ValueError, match="bad.ckpt: class_names"):
+        CheckpointPayload.from_plain({**payload.to_plain(), "class_names": "bee"}, "bad.ckpt")
+
+
+def test_pickled_code_is_refused_and_never_runs(untrained_checkpoint: Path, tmp_path: Path):
+    marker = tmp_path / "ran"
+    bad = _with_pickle(untrained_checkpoint, tmp_path, marker)
+    with pytest.raises(UntrustedCheckpoint, match=r"pickle\.ckpt holds pickled objects.*python -m beedet.checkpointing"):
+        load_system(bad)
+    assert not marker.exists()
+    # The same file under the old loader runs the payload: the test can tell the difference.
+    torch.load(bad, weights_only=False)
+    assert marker.exists()
+
+
+def test_foreign_target_is_refused_before_anything_is_built(untrained_checkpoint: Path, tmp_path: Path):
+    marker = tmp_path / "written.txt"
+    bad = _with_foreign_target(untrained_checkpoint, tmp_path, marker)
+    with pytest.raises(UntrustedCheckpoint, match=r"foreign\.ckpt: its stored config names _target_ numpy\.savetxt"):
+        load_system(bad)
+    assert not marker.exists()
+
+
+def test_only_beedet_defined_names_count_as_beedet():
+    assert untrusted_targets({"model": {"_target_": "beedet.models.ssd.ssd_resnet_slim"}}) == []
+    sneaky = ["beedet.checkpointing.os.system", "beedet.checkpointing.torch.load", "beedet.nope.Thing",
+              "beedet.checkpointing.PAYLOAD_KEY", "os.system", "builtins.eval", "albumentations.Lambda"]
+    config = {"a": [{"_target_": name} for name in sneaky], "b": {"c": {"_target_": 42}}}
+    assert sorted(untrusted_targets(config)) == sorted([*sneaky, "42"])
+
+
+def test_every_target_in_conf_is_trusted():
+    """TRUSTED_FOREIGN_TARGETS and conf/ stay in step: a new conf target must be listed (or the
+    checkpoints of runs using it would be refused), and the list names nothing conf/ does not."""
+    named: set[str] = set()
+    for path in CONF.rglob("*.yaml"):
+        named.update(re.findall(r"^[\s-]*_target_:\s*(\S+)", path.read_text(), flags=re.M))
+    assert untrusted_targets([{"_target_": name} for name in sorted(named)]) == []
+    assert TRUSTED_FOREIGN_TARGETS <= named
+
+
+def test_converter_makes_a_trusted_old_checkpoint_loadable(untrained_checkpoint: Path, tmp_path: Path):
+    def make_old(checkpoint):
+        payload = CheckpointPayload.from_plain(checkpoint[PAYLOAD_KEY], "x")
+        checkpoint[PAYLOAD_KEY] = {"class_names": CLASSES, "config": payload.config, "count_threshold": 0.35,
+                                   "size_bins": None}
+        checkpoint["hyper_parameters"] = {"root": pathlib.PurePosixPath("/data")}  # a pickled object
+
+    old = _variant(untrained_checkpoint, tmp_path, "old.ckpt", make_old)
+    with pytest.raises(UntrustedCheckpoint):
+        load_checkpoint(old)
+    proc = subprocess.run([sys.executable, "-m", "beedet.checkpointing", str(old), str(tmp_path / "new.ckpt")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    system, run_cfg = load_system(tmp_path / "new.ckpt")
+    assert system.class_names == CLASSES and system.count_threshold == 0.35
+    reference, _ = load_system(untrained_checkpoint)
+    for (name, a), (_, b) in zip(system.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert OmegaConf.to_container(run_cfg) == yaml.safe_load(load_checkpoint(untrained_checkpoint)[1].config_yaml)
+    assert convert_checkpoint(old, tmp_path / "again.ckpt").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ["evaluate.py", "beedet.predict", "beedet.serve"])
+def test_commands_refuse_unsafe_checkpoints(entry: str, untrained_checkpoint: Path, tmp_path: Path):
+    """What a user runs, fed each bad checkpoint: a non-zero exit with the reason, and nothing ran."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for make in (_with_pickle, _with_foreign_target):
+        marker = tmp_path / f"marker-{make.__name__}"
+        bad = make(untrained_checkpoint, tmp_path, marker)
+        script = [str(REPO / entry)] if entry.endswith(".py") else ["-m", entry]
+        run_dir = f"run_dir={tmp_path / 'run'}"
+        extra = {"evaluate.py": [run_dir], "beedet.predict": [f"images={images}", run_dir], "beedet.serve": ["port=0"]}[entry]
+        proc = subprocess.run([sys.executable, *script, f"ckpt={bad}", *extra],
+                              cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert proc.returncode != 0
+        assert "UntrustedCheckpoint" in proc.stderr and bad.name in proc.stderr
+        assert not marker.exists()
