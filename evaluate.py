@@ -6,8 +6,12 @@
 
 Writes metrics.json, report.md (with count_plot.png and pr_curves.png) and overlays/ into its run dir (printed on the
 last line). Objects are counted at the checkpoint's count threshold (count_threshold=0.4 overrides).
-With no data=..., it evaluates on the checkpoint's own validation split, so the numbers match
-the metrics.json of the training run.
+With no data=..., it evaluates on the checkpoint's own validation split.
+
+The model runs in float32, the precision beedet.predict and beedet.serve answer in, so the metrics
+describe the boxes users get; a run trained in bf16-mixed (the GPU trainers) validated in bf16, and
+its own metrics.json differs from these in the last digits. precision=bf16-mixed reproduces it.
+metrics.json's ``precision`` and report.md say which precision was used.
 """
 
 from __future__ import annotations
@@ -42,14 +46,15 @@ def main(cfg: DictConfig) -> float:
 
     threshold_source = count_threshold_source(system, train_cfg, cfg.count_threshold)
 
-    # The training run's precision by default: bf16 validation numbers differ from fp32 ones.
-    precision = cfg.precision or train_cfg.trainer.get("precision", "32-true")
-    trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, precision=precision, logger=False, enable_checkpointing=False, enable_model_summary=False)
+    precision = evaluation_precision(cfg.precision, train_cfg)
+    trainer = pl.Trainer(accelerator=cfg.accelerator, devices=1, precision=precision["used"], logger=False,
+                         enable_checkpointing=False, enable_model_summary=False)
     trainer.validate(system, datamodule=datamodule, verbose=False)
     metrics = final_metrics(
         system.last_metrics, checkpoint=str(Path(cfg.ckpt).resolve()), counts=system.last_counts,
         oracle_counts=system.last_oracle_counts, count_threshold_source=threshold_source,
     )
+    metrics["precision"] = precision
     write_run_report(run_dir, metrics, system.class_names, [datamodule.reports["val"]], counts=system.last_counts,
                      pr_curves=system.last_metrics.pr_curves)
 
@@ -66,10 +71,26 @@ def main(cfg: DictConfig) -> float:
         save_image(drawn, overlay_dir / f"{i:05d}_{datamodule.val_records[i].image_path.stem}.jpg")
 
     counting = metrics["counting"]
-    log.info("mAP %.4f  AP50 %.4f  AP75 %.4f  count MAE %.3f at score >= %.2f (%s)", metrics["mAP"], metrics["AP50"],
-             metrics["AP75"], counting["all"]["MAE"], counting["threshold"], counting["threshold_source"])
+    log.info("mAP %.4f  AP50 %.4f  AP75 %.4f  count MAE %.3f at score >= %.2f (%s), in %s precision", metrics["mAP"],
+             metrics["AP50"], metrics["AP75"], counting["all"]["MAE"], counting["threshold"], counting["threshold_source"],
+             precision["used"])
     print(f"run dir: {run_dir}")
     return float(metrics["mAP"])
+
+
+# beedet.predict and beedet.serve run the network in float32 (float images, no autocast).
+SERVING_PRECISION = "32-true"
+
+
+def evaluation_precision(override: str | None, train_cfg: DictConfig) -> dict[str, str]:
+    """The Lightning precision to evaluate in, as metrics.json's ``precision``: ``used``, ``source``
+    (``serving``, or ``override``: evaluate's ``precision=``) and ``training`` (the checkpoint's
+    trainer.precision). Without an override it is :data:`SERVING_PRECISION`, whatever the training
+    run used, so the metrics describe the boxes beedet.predict and beedet.serve answer with."""
+    training = str(OmegaConf.select(train_cfg, "trainer.precision", default=None) or SERVING_PRECISION)
+    if override is not None:
+        return {"used": str(override), "source": "override", "training": training}
+    return {"used": SERVING_PRECISION, "source": "serving", "training": training}
 
 
 def count_threshold_source(system: DetectionModule, train_cfg: DictConfig, override: float | None) -> str:

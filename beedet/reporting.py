@@ -118,6 +118,13 @@ def metrics_markdown(
     lines = [f"# {title}", ""]
     if metrics.get("checkpoint"):
         lines += [f"Checkpoint: `{metrics['checkpoint']}`", ""]
+    if metrics.get("precision"):
+        # evaluate.py's: which precision the network ran in, and why (serving's float32 by default).
+        precision = metrics["precision"]
+        why = ("the evaluate precision override" if precision.get("source") == "override"
+               else "the precision beedet.predict and beedet.serve run in")
+        lines += [f"Precision: `{precision['used']}`, {why}; the checkpoint was trained in "
+                  f"`{precision.get('training')}`.", ""]
     lines += ["## COCO box metrics", "", f"At most {max_detections} detections per image (COCO maxDets).", ""]
     lines += ["| metric | value |", "|---|---|"]
     for key in stat_keys(max_detections):

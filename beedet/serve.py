@@ -86,7 +86,7 @@ def main(cfg: DictConfig) -> None:
              detector.class_names, detector.score_threshold,
              "sliced" if detector.system.slicing is not None else "whole-frame")
     app = create_app(detector, max_body_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels,
-                     decode_threads=cfg.decode_threads)
+                     decode_threads=cfg.decode_threads, inference_timeout_s=cfg.inference_timeout_s)
     uvicorn.run(app, host=cfg.host, port=cfg.port)
 
 

@@ -10,7 +10,7 @@
 # container is started as `docker run IMAGE serve`, with the model artifact (a beedet training job's
 # model.tar.gz) unpacked at /opt/ml/model. beedet/serve.py reads that `serve` as model_dir=/opt/ml/model
 # host=0.0.0.0 port=8080; extra key=value overrides after it still apply. Request and answer formats:
-# beedet/serving/handlers.py; limits (conf/serve.yaml): 6 MB bodies, 40 MP images.
+# beedet/serving/handlers.py; limits (conf/serve.yaml): 6 MB bodies, 40 MP images, 50 s per inference.
 #
 # The same base as docker/train.Dockerfile, so a checkpoint is loaded by the torch that wrote it. The
 # base image brings CUDA-enabled torch and torchvision (a CPU instance runs it too); pip keeps them
@@ -28,6 +28,17 @@ COPY pyproject.toml README.md ./
 COPY beedet ./beedet
 RUN pip install --no-cache-dir .
 COPY conf ./conf
+
+# The server runs as the unprivileged user beedet (uid 1000), not root. It writes no files (logs go
+# to stdout, conf/serve.yaml), reads the model (a beedet artifact's files are world-readable,
+# beedet/sagemaker/artifact.py) and owns only its home, for library caches (matplotlib's). SageMaker
+# runs the image as its USER and AWS documents that it expects root: `--build-arg RUN_AS=0:0` builds
+# an image that runs as root, should an endpoint's model files not be readable by uid 1000.
+ARG RUN_AS=1000:1000
+RUN groupadd --gid 1000 beedet \
+    && useradd --uid 1000 --gid beedet --create-home --home-dir /home/beedet --shell /usr/sbin/nologin beedet
+# Numeric, so that a runtime checking for a non-root user (Kubernetes' runAsNonRoot) can tell.
+USER ${RUN_AS}
 
 EXPOSE 8080
 ENTRYPOINT ["python", "-m", "beedet.serve"]

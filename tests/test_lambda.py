@@ -17,6 +17,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from botocore.exceptions import ReadTimeoutError
@@ -30,6 +31,9 @@ from beedet.serving.local_server import free_port
 DEPLOY = REPO / "deploy"
 TEMPLATE = DEPLOY / "template.yaml"
 ENDPOINT = "beedet-bees"
+ACCOUNT = "123456789012"
+# As the function's context carries it in Lambda.
+CONTEXT = SimpleNamespace(aws_request_id="0e9a7c4e-lambda-request")
 # Every byte value, so a text decode or re-encode anywhere on the way would show.
 BINARY = bytes(range(256)) * 40
 
@@ -98,6 +102,12 @@ def api_event(body: bytes | str | None, content_type: str | None = "image/jpeg",
 def endpoint_answer(document: dict, content_type: str = "application/json") -> dict:
     data = json.dumps(document).encode()
     return {"Body": StreamingBody(io.BytesIO(data), len(data)), "ContentType": content_type}
+
+
+def assert_names_nothing_internal(result: dict) -> None:
+    """No endpoint name or URL, account, log group or traceback in an answer's body."""
+    for internal in (ENDPOINT, ACCOUNT, "amazonaws.com", "127.0.0.1", "/aws/sagemaker", "Traceback", "http://", "https://"):
+        assert internal not in result["body"], f"the answer names {internal!r}: {result['body']}"
 
 
 DETECTIONS = {
@@ -265,19 +275,36 @@ def test_bad_requests_get_400_and_never_reach_the_endpoint(handler, stub, event_
     assert says in json.loads(result["body"])["error"]
 
 
-def test_model_failure_is_a_502_with_the_models_message(handler, stub):
+# SageMaker's ModelError message, as a real endpoint words it: the endpoint, account and log group.
+def model_error_message(status: int, message: str) -> str:
+    kind = "client" if status < 500 else "server"
+    return (f'Received {kind} error ({status}) from primary with message "{message}". See '
+            f"https://eu-west-1.console.aws.amazon.com/cloudwatch/home?region=eu-west-1#logEventViewer:group="
+            f"/aws/sagemaker/Endpoints/{ENDPOINT} in account {ACCOUNT} for more information.")
+
+
+# SageMaker's PyTorch serving container answers an error with its message and then the traceback.
+TOOLKIT_ANSWER = ("CUDA out of memory. Tried to allocate 2.00 GiB\nTraceback (most recent call last):\n"
+                  '  File "/opt/conda/lib/python3.11/site-packages/sagemaker_inference/transformer.py", line 150\n')
+
+
+def test_model_failure_is_a_502_whose_details_stay_in_the_log(handler, stub, caplog):
     stub.add_client_error(
         "invoke_endpoint",
         service_error_code="ModelError",
-        service_message="Received server error (500) from primary with message \"CUDA out of memory\"",
+        service_message=model_error_message(500, "CUDA out of memory"),
         http_status_code=424,
-        modeled_fields={"OriginalStatusCode": 500, "OriginalMessage": "CUDA out of memory"},
+        modeled_fields={"OriginalStatusCode": 500, "OriginalMessage": TOOLKIT_ANSWER},
     )
-    result = handler.lambda_handler(api_event(BINARY), None)
+    result = handler.lambda_handler(api_event(BINARY), CONTEXT)
     assert result["statusCode"] == 502
     answer = json.loads(result["body"])
-    assert ENDPOINT in answer["error"] and "CUDA out of memory" in answer["error"]
-    assert answer["endpoint_status"] == 500 and answer["endpoint_message"] == "CUDA out of memory"
+    assert answer == {"error": "the model failed (status 500)", "endpoint_status": 500, "request_id": CONTEXT.aws_request_id}
+    assert_names_nothing_internal(result)
+    assert "CUDA" not in result["body"]
+    # The function's log has it all, under the request ID the caller got.
+    assert ENDPOINT in caplog.text and "CUDA out of memory" in caplog.text and "transformer.py" in caplog.text
+    assert CONTEXT.aws_request_id in caplog.text
 
 
 def test_model_rejecting_the_payload_passes_its_4xx_through(handler, stub):
@@ -285,31 +312,51 @@ def test_model_rejecting_the_payload_passes_its_4xx_through(handler, stub):
     stub.add_client_error(
         "invoke_endpoint",
         service_error_code="ModelError",
-        service_message="Received client error (415) from primary",
+        service_message=model_error_message(415, json.dumps(container_error)),
         http_status_code=424,
         modeled_fields={"OriginalStatusCode": 415, "OriginalMessage": json.dumps(container_error)},
     )
-    result = handler.lambda_handler(api_event(b"GIF89a not really"), None)
+    result = handler.lambda_handler(api_event(b"GIF89a not really"), CONTEXT)
     assert result["statusCode"] == 415
     answer = json.loads(result["body"])
     assert "rejected" in answer["error"] and answer["endpoint_message"] == container_error
+    assert_names_nothing_internal(result)
+
+
+def test_a_toolkit_containers_4xx_passes_its_message_without_the_traceback(handler, stub):
+    refused = "the request body is not an image\nTraceback (most recent call last):\n  File \"/opt/ml/model/code/inference.py\"\n"
+    stub.add_client_error(
+        "invoke_endpoint",
+        service_error_code="ModelError",
+        service_message=model_error_message(400, refused),
+        http_status_code=424,
+        modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": refused},
+    )
+    result = handler.lambda_handler(api_event(b"not an image"), CONTEXT)
+    assert result["statusCode"] == 400
+    assert json.loads(result["body"])["endpoint_message"] == {"error": "the request body is not an image"}
+    assert_names_nothing_internal(result)
+    assert "inference.py" not in result["body"]
 
 
 @pytest.mark.parametrize(
     ("code", "status", "message"),
     [
-        ("ValidationError", 400, f"Endpoint {ENDPOINT} of account 123456789012 not found."),
-        ("ModelNotReadyException", 429, "Model is not ready yet"),
+        ("ValidationError", 400, f"Endpoint {ENDPOINT} of account {ACCOUNT} not found."),
+        ("ModelNotReadyException", 429, f"Model for endpoint {ENDPOINT} is not ready yet"),
         ("ServiceUnavailable", 503, "Service is temporarily unavailable"),
-        ("AccessDeniedException", 403, "not authorized to perform: sagemaker:InvokeEndpoint"),
+        ("AccessDeniedException", 403, f"User: arn:aws:sts::{ACCOUNT}:assumed-role/fn-role is not authorized to perform: "
+                                       f"sagemaker:InvokeEndpoint on resource: arn:aws:sagemaker:eu-west-1:{ACCOUNT}:endpoint/{ENDPOINT}"),
     ],
 )
-def test_sagemaker_errors_are_502_with_the_message(handler, stub, code, status, message):
+def test_sagemaker_errors_are_502_naming_only_the_error_code(handler, stub, caplog, code, status, message):
     stub.add_client_error("invoke_endpoint", service_error_code=code, service_message=message, http_status_code=status)
-    result = handler.lambda_handler(api_event(BINARY), None)
+    result = handler.lambda_handler(api_event(BINARY), CONTEXT)
     assert result["statusCode"] == 502
-    error = json.loads(result["body"])["error"]
-    assert ENDPOINT in error and code in error and message in error
+    answer = json.loads(result["body"])
+    assert answer == {"error": f"the model endpoint failed: {code}", "request_id": CONTEXT.aws_request_id}
+    assert_names_nothing_internal(result)
+    assert message in caplog.text and ENDPOINT in caplog.text
 
 
 def test_a_timeout_is_a_502_after_one_attempt(handler):
@@ -324,6 +371,7 @@ def test_a_timeout_is_a_502_after_one_attempt(handler):
     result = handler.lambda_handler(api_event(BINARY), None)
     assert result["statusCode"] == 502
     assert "did not answer" in json.loads(result["body"])["error"]
+    assert_names_nothing_internal(result)
     # One attempt: a retry after a read timeout would overrun API Gateway's 29 s.
     assert len(attempts) == 1 and attempts[0].endswith(f"/endpoints/{ENDPOINT}/invocations")
 
@@ -333,15 +381,68 @@ def test_endpoint_url_override_and_an_unreachable_endpoint(handler, monkeypatch)
     monkeypatch.setenv(handler.ENDPOINT_URL_ENV, f"http://127.0.0.1:{port}")
     handler._client = None
     assert handler.runtime_client().meta.endpoint_url == f"http://127.0.0.1:{port}"
-    result = handler.lambda_handler(api_event(BINARY), None)
+    result = handler.lambda_handler(api_event(BINARY), CONTEXT)
     assert result["statusCode"] == 502
-    assert "did not answer" in json.loads(result["body"])["error"]
+    assert "could not be reached" in json.loads(result["body"])["error"]
+    assert_names_nothing_internal(result)
 
 
 def test_missing_endpoint_name_is_a_500_that_says_so(handler, monkeypatch):
     monkeypatch.delenv("ENDPOINT_NAME")
     result = handler.lambda_handler(api_event(BINARY), None)
     assert result["statusCode"] == 500 and "ENDPOINT_NAME" in json.loads(result["body"])["error"]
+
+
+def _event(**fields) -> dict:
+    """A well-formed event for BINARY, with ``fields`` replacing its entries."""
+    return {**api_event(BINARY), **fields}
+
+
+# Events that no API Gateway proxy integration sends: direct invocations (the console's test
+# events, another service, a script), or a misconfigured integration. None of them may raise:
+# an exception escaping the function reaches the caller as API Gateway's bare 502.
+MALFORMED_EVENTS = {
+    "none": (None, "not an API Gateway proxy event"),
+    "list": ([], "not an API Gateway proxy event"),
+    "string": ("POST /detect", "not an API Gateway proxy event"),
+    "number": (42, "not an API Gateway proxy event"),
+    "empty object": ({}, "no body"),
+    "headers a list": (_event(headers=[["Content-Type", "image/jpeg"]]), '"headers" must be an object'),
+    "headers a string": (_event(headers="Content-Type: image/jpeg"), '"headers" must be an object'),
+    "body a number": (_event(body=12345), '"body" must be a string'),
+    "body an object": (_event(body={"image": "aGVsbG8="}), '"body" must be a string'),
+    "body a list": (_event(body=["aGVsbG8="]), '"body" must be a string'),
+    "body false": (_event(body=False), '"body" must be a string'),
+    "isBase64Encoded a string": (_event(isBase64Encoded="true"), '"isBase64Encoded" must be true or false'),
+    "base64 with non-ascii": (_event(body="aGVsbG8=\u00ff"), "not valid base64"),
+    "base64 without padding": (_event(body="aGVsbG8"), "not valid base64"),
+    "base64 of nothing": (_event(body="===="), "not valid base64"),
+    "json with a lone surrogate": (_event(body='{"image": "\ud800"}', isBase64Encoded=False,
+                                          headers={"Content-Type": "application/json"}), "unpaired surrogates"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED_EVENTS, ids=str)
+def test_malformed_events_get_a_json_400_and_never_reach_the_endpoint(handler, stub, case):
+    event, says = MALFORMED_EVENTS[case]
+    result = handler.lambda_handler(event, CONTEXT)
+    assert result["statusCode"] == 400, result
+    assert result["headers"]["Content-Type"] == "application/json" and result["isBase64Encoded"] is False
+    answer = json.loads(result["body"])
+    assert set(answer) == {"error"} and says in answer["error"], answer
+    assert_names_nothing_internal(result)
+
+
+def test_a_failure_inside_the_function_is_a_json_500_with_nothing_internal(handler, monkeypatch, caplog):
+    def broken(event):
+        raise RuntimeError(f"secret: {ENDPOINT} at https://runtime.sagemaker.eu-west-1.amazonaws.com")
+
+    monkeypatch.setattr(handler, "parse_request", broken)
+    result = handler.lambda_handler(api_event(BINARY), CONTEXT)
+    assert result["statusCode"] == 500 and result["headers"]["Content-Type"] == "application/json"
+    assert json.loads(result["body"]) == {"error": "internal error", "request_id": CONTEXT.aws_request_id}
+    assert_names_nothing_internal(result)
+    assert "secret" in caplog.text and "Traceback" in caplog.text
 
 
 # --- end to end: the local beedet server stands in for the endpoint -----------------------------

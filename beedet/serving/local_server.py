@@ -49,7 +49,7 @@ def running_server(
 ) -> Iterator[str]:
     """Run ``python -m beedet.serve *args host=HOST port=<free>`` and yield its base URL once it
     answers ``GET /ping``. ``args`` are beedet.serve's (``ckpt=...`` or ``serve model_dir=...``,
-    limits such as ``max_body_bytes=...``); stdout and stderr go to ``log_path``. ``env``
+    limits such as ``max_body_bytes=...`` or ``inference_timeout_s=...``); stdout and stderr go to ``log_path``. ``env``
     replaces the environment (default: this process's)."""
     managed = [a for a in args if a.startswith(_MANAGED)]
     if managed:

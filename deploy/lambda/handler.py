@@ -14,12 +14,21 @@ Response (an API Gateway proxy result):
   200: the endpoint's answer byte for byte, with the endpoint's ``Content-Type``.
   400 ``{"error": msg}``: the request is bad before the endpoint sees it (no body, body not valid
       base64, an image that arrived as text, unsupported Content-Type or Accept, more than
-      InvokeEndpoint's 6 MB payload limit).
-  4xx ``{"error", "endpoint_status", "endpoint_message"}``: the model container rejected the payload
-      with that status (SageMaker reports it as a ModelError), e.g. bytes that are not an image.
-  502 ``{"error": msg, ...}``: the endpoint failed (ModelError with a 5xx, any other SageMaker error
-      such as an unknown endpoint or throttling, a timeout, no connection).
-  500 ``{"error": msg}``: the function itself is misconfigured (no ENDPOINT_NAME).
+      InvokeEndpoint's 6 MB payload limit), or the event is not an API Gateway proxy event at all
+      (None, not an object, headers not an object, a body that is not a string, ...).
+  4xx ``{"error", "endpoint_status", "endpoint_message": {"error": msg}}``: the model container
+      rejected the payload with that status (SageMaker reports it as a ModelError), e.g. bytes that
+      are not an image; ``msg`` is the container's own message (its first line only).
+  502 ``{"error", "request_id", ...}``: the endpoint failed (ModelError with a 5xx, then also
+      ``endpoint_status``; any other SageMaker error such as an unknown endpoint or throttling, named
+      by its error code; a timeout, no connection).
+  500 ``{"error", "request_id"}``: the function itself is misconfigured (no ENDPOINT_NAME) or failed.
+
+No answer names the endpoint, its URL, the account or the container's internals: SageMaker's error
+messages carry the endpoint's name, the account and its log group, connection errors the endpoint
+URL, and a model container's 5xx body may hold a traceback (SageMaker's PyTorch serving container
+answers every error with one). All of that goes to the function's log, next to ``request_id`` (the
+Lambda request ID), which the 5xx answers carry so that a caller's report can be found there.
 
 Environment:
   ENDPOINT_NAME: the SageMaker endpoint to invoke (required).
@@ -88,9 +97,20 @@ def runtime_client():
     return _client
 
 
-def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """API Gateway proxy event in, proxy result out (the module docstring gives both contracts)."""
+def lambda_handler(event: Any, context: Any) -> dict[str, Any]:
+    """API Gateway proxy event in, proxy result out (the module docstring gives both contracts).
+    Never raises: an exception escaping a proxy integration's function reaches the caller as API
+    Gateway's bare 502, so even a failure of this code answers a JSON 500."""
     request_id = getattr(context, "aws_request_id", None)
+    try:
+        return handle(event, request_id)
+    except Exception:  # a bug here, not a bad request: the details go to the log only
+        LOG.exception("request %s failed inside the function", request_id)
+        return json_response(500, with_request_id({"error": "internal error"}, request_id))
+
+
+def handle(event: Any, request_id: str | None) -> dict[str, Any]:
+    """:func:`lambda_handler`'s work, which may raise on a bug; ``request_id`` goes into 5xx answers."""
     try:
         request = parse_request(event)
     except BadRequest as err:
@@ -99,7 +119,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     endpoint = os.environ.get("ENDPOINT_NAME")
     if not endpoint:
         LOG.error("ENDPOINT_NAME is not set")
-        return json_response(500, {"error": "the function's ENDPOINT_NAME environment variable is not set"})
+        return json_response(500, with_request_id({"error": "the function's ENDPOINT_NAME environment variable is not set"},
+                                                  request_id))
     try:
         answer = runtime_client().invoke_endpoint(
             EndpointName=endpoint,
@@ -109,29 +130,44 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         )
         body = answer["Body"].read()
     except ClientError as err:
-        LOG.error("endpoint %s error on request %s: %s", endpoint, request_id, err)
-        return endpoint_error_response(endpoint, err)
+        LOG.error("endpoint %s error on request %s: %s; response %s", endpoint, request_id, err,
+                  {k: err.response.get(k) for k in ("OriginalStatusCode", "OriginalMessage", "LogStreamArn")})
+        return endpoint_error_response(err, request_id)
     except BotoCoreError as err:  # timeouts and connection failures: no answer at all
+        # The message names the endpoint's URL: the log's business, not the caller's.
         LOG.error("endpoint %s unreachable on request %s: %s", endpoint, request_id, err)
-        return json_response(502, {"error": f"endpoint {endpoint!r} did not answer: {err}"})
+        return json_response(502, with_request_id({"error": "the model endpoint did not answer in time or could not be "
+                                                            "reached; try again later"}, request_id))
     headers = {"Content-Type": answer.get("ContentType") or JSON_TYPE}
     if answer.get("InvokedProductionVariant"):
         headers["X-Invoked-Production-Variant"] = answer["InvokedProductionVariant"]
     return proxy_response(200, body, headers)
 
 
-def parse_request(event: dict[str, Any]) -> EndpointRequest:
-    """Check an API Gateway proxy event and take out the payload; raises BadRequest saying what is wrong."""
+def parse_request(event: Any) -> EndpointRequest:
+    """Check an API Gateway proxy event and take out the payload; raises BadRequest saying what is
+    wrong, also for an event of the wrong shape (a direct invocation, another integration)."""
+    if not isinstance(event, dict):
+        raise BadRequest(f"the event is not an API Gateway proxy event (a JSON object), got {type(event).__name__}: "
+                         "call this function through its API")
+    raw_headers = event.get("headers")
+    if raw_headers is not None and not isinstance(raw_headers, dict):
+        raise BadRequest(f'the event\'s "headers" must be an object, got {type(raw_headers).__name__}')
     # Header names keep the client's spelling in proxy events; HTTP says they are case-insensitive.
-    headers = {str(k).lower(): str(v) for k, v in (event.get("headers") or {}).items() if v is not None}
+    headers = {str(k).lower(): str(v) for k, v in (raw_headers or {}).items() if v is not None}
     raw_type = headers.get("content-type", "").strip() or DEFAULT_CONTENT_TYPE
     content_type = raw_type.split(";", 1)[0].strip().lower()
     if content_type not in (*IMAGE_TYPES, JSON_TYPE):
         raise BadRequest(f"unsupported Content-Type {raw_type!r}; send one of {', '.join((*IMAGE_TYPES, JSON_TYPE))}")
     body = event.get("body")
-    if not body:
+    if body is None or body == "":
         raise BadRequest(f"the request has no body; POST the image bytes with Content-Type {content_type}")
-    if event.get("isBase64Encoded"):
+    if not isinstance(body, str):
+        raise BadRequest(f'the event\'s "body" must be a string (text, or base64 with isBase64Encoded), got {type(body).__name__}')
+    base64_encoded = event.get("isBase64Encoded")
+    if base64_encoded is not None and not isinstance(base64_encoded, bool):
+        raise BadRequest(f'the event\'s "isBase64Encoded" must be true or false, got {base64_encoded!r}')
+    if base64_encoded:
         try:
             payload = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError) as err:
@@ -143,7 +179,10 @@ def parse_request(event: dict[str, Any]) -> EndpointRequest:
             f"{', '.join(IMAGE_TYPES)}, which the API lists as binary media types (deploy/template.yaml does)"
         )
     else:
-        payload = body.encode("utf-8")
+        try:
+            payload = body.encode("utf-8")
+        except UnicodeEncodeError:  # JSON text can carry lone surrogates ("\ud800"), which UTF-8 cannot
+            raise BadRequest("the body is not valid Unicode text (it holds unpaired surrogates)") from None
     if not payload:
         raise BadRequest("the request body is empty after base64 decoding")
     if len(payload) > MAX_PAYLOAD_BYTES:
@@ -188,30 +227,54 @@ def negotiate_accept(header: str | None) -> str:
     return best
 
 
-def endpoint_error_response(endpoint: str, err: ClientError) -> dict[str, Any]:
-    """A SageMaker error as a proxy result: the model's own 4xx passes through (the caller sent
-    something the model cannot read), everything else is the endpoint's failure, a 502."""
-    error = err.response.get("Error", {})
-    code, message = error.get("Code", "Unknown"), error.get("Message", "")
+def endpoint_error_response(err: ClientError, request_id: str | None = None) -> dict[str, Any]:
+    """A SageMaker error as a proxy result: the model's own 4xx passes through with the container's
+    message (the caller sent something the model cannot read, and the message says what); anything
+    else is the endpoint's failure, a 502 naming only the error code or the model's status. SageMaker's
+    own ``Message`` never passes: it names the endpoint, the account and the endpoint's log group."""
+    code = err.response.get("Error", {}).get("Code", "Unknown")
     if code != "ModelError":
-        return json_response(502, {"error": f"endpoint {endpoint!r} failed: {code}" + (f": {message}" if message else "")})
+        return json_response(502, with_request_id({"error": f"the model endpoint failed: {code}"}, request_id))
     # ModelError: the container answered with a non-2xx status; SageMaker keeps its status and body.
     original_status = err.response.get("OriginalStatusCode")
-    original_message: Any = err.response.get("OriginalMessage")
-    try:
-        original_message = json.loads(original_message)
-    except (TypeError, ValueError):
-        pass  # not JSON: pass the text on as it is
-    rejected = isinstance(original_status, int) and 400 <= original_status < 500
-    summary = "rejected the request" if rejected else "failed"
-    return json_response(
-        original_status if rejected else 502,
-        {
-            "error": f"endpoint {endpoint!r} {summary} (model status {original_status})" + (f": {message}" if message else ""),
+    if isinstance(original_status, int) and 400 <= original_status < 500:
+        document: dict[str, Any] = {
+            "error": f"the model rejected the request (status {original_status})",
             "endpoint_status": original_status,
-            "endpoint_message": original_message,
-        },
-    )
+        }
+        message = container_message(err.response.get("OriginalMessage"))
+        if message:
+            document["endpoint_message"] = {"error": message}
+        return json_response(original_status, document)
+    # A 5xx body is the container's internals (a traceback, from SageMaker's PyTorch container): log only.
+    return json_response(502, with_request_id({"error": f"the model failed (status {original_status})",
+                                               "endpoint_status": original_status}, request_id))
+
+
+# A 4xx message is one sentence; anything longer is not meant for the caller.
+MAX_MESSAGE_CHARS = 500
+
+
+def container_message(original: Any) -> str | None:
+    """What a model container said when it refused a request, fit for the caller: beedet's
+    ``{"error": msg}`` gives ``msg``; a text answer gives its first line (SageMaker's PyTorch serving
+    container answers ``"<message>\\n<traceback>"``); at most :data:`MAX_MESSAGE_CHARS` characters."""
+    if not isinstance(original, str):
+        return None
+    try:
+        document = json.loads(original)
+    except ValueError:
+        text = original.strip().splitlines()[0] if original.strip() else ""
+    else:
+        text = document.get("error") if isinstance(document, dict) else None
+        if not isinstance(text, str):
+            return None
+    return text[:MAX_MESSAGE_CHARS] or None
+
+
+def with_request_id(document: dict[str, Any], request_id: str | None) -> dict[str, Any]:
+    """``document`` with the Lambda request ID (when there is one), which finds the function's log lines."""
+    return document if request_id is None else {**document, "request_id": request_id}
 
 
 def json_response(status: int, document: dict[str, Any]) -> dict[str, Any]:
