@@ -12,7 +12,9 @@ suffix stays, so ``a.jpg`` and ``a.png`` never overwrite each other):
 ``{"image", "width", "height", "detections": [{"box": [x1, y1, x2, y2], "label", "class", "score"}],
 "counts": {class: n}}`` with boxes in the image's own pixels (after EXIF orientation), and with
 ``draw=true`` the image with its detections drawn under ``drawn/``. An unreadable image is reported
-and counted, and the others are still processed.
+and counted, and the others are still processed; so is one of more than ``max_pixels`` pixels
+(default ``beedet.data.images.DEFAULT_MAX_PIXELS``, 40 MP, the limit training and serving use),
+refused from its header before decoding.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from beedet.assembly import load_system
-from beedet.data.images import ImageError, find_images, load_image
+from beedet.data.images import DEFAULT_MAX_PIXELS, ImageError, find_images, load_image
 from beedet.detections import detections_document, score_threshold_for
 from beedet.visualize import draw_boxes, save_image
 
@@ -49,11 +51,12 @@ def detections_json(image_path: Path, size: tuple[int, int], prediction: dict[st
     return {"image": str(image_path), **detections_document(size, prediction, class_names, score_threshold)}
 
 
-def _batches(paths: Sequence[Path], batch_size: int) -> Iterator[list[tuple[Path, np.ndarray]]]:
+def _batches(paths: Sequence[Path], batch_size: int, *,
+             max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Iterator[list[tuple[Path, np.ndarray]]]:
     batch: list[tuple[Path, np.ndarray]] = []
     for path in paths:
         try:
-            batch.append((path, load_image(path)))
+            batch.append((path, load_image(path, max_pixels=max_pixels)))
         except ImageError as err:
             log.warning("skipped: %s", err)
             continue
@@ -77,7 +80,8 @@ def main(cfg: DictConfig) -> None:
     root = Path(cfg.images)
     paths = images_at(root)
     written = 0
-    for batch in _batches(paths, cfg.batch_size):
+    # max_pixels: null in the config means Pillow's own limit only, as data.max_pixels does.
+    for batch in _batches(paths, cfg.batch_size, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS)):
         tensors = [torch.from_numpy(img).permute(2, 0, 1).float().div(255) for _, img in batch]
         for (path, img), tensor, prediction in zip(batch, tensors, system.detect(tensors)):
             rel = path.relative_to(root) if root.is_dir() else Path(path.name)

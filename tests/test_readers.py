@@ -263,9 +263,15 @@ def test_coco_round_trip(tmp_path: Path) -> None:
     records = [ImageRecord(_write_jpeg(tmp_path / "imgs" / "a.jpg", 64, 48), 64, 48,
                            boxes=[[1.5, 2, 30, 40]], labels=[0])]
     write_coco(LabelSet(records, ["bee"]), tmp_path / "out" / "ann.json")
-    read = read_coco(tmp_path / "out" / "ann.json")
+    # file_name is ../imgs/a.jpg: outside the JSON's folder, so it takes allow_outside_root to read.
+    assert read_coco(tmp_path / "out" / "ann.json").records == []
+    read = read_coco(tmp_path / "out" / "ann.json", allow_outside_root=True)
     assert read.records[0].image_path.resolve() == records[0].image_path.resolve()
     assert read.records[0].same_labels_as(records[0]) and read.class_names == ["bee"]
+    # Written relative to a folder holding the images, it reads back with that folder as image_root.
+    write_coco(LabelSet(records, ["bee"]), tmp_path / "out" / "rooted.json", image_root=tmp_path)
+    rooted = read_coco(tmp_path / "out" / "rooted.json", image_root=tmp_path)
+    assert rooted.problems == [] and rooted.records[0].image_path == records[0].image_path
 
 
 # --- YOLO --------------------------------------------------------------------------------------------

@@ -7,18 +7,23 @@ every box is a real box inside the image with a known class.
 What happens to a bad record is chosen for the detector's sake. A box partly outside the image is
 clipped and the record kept. Any other bad box skips the whole record rather than just the box:
 dropping one box would leave a bee unlabelled, and an unlabelled bee teaches the detector that bees
-are background.
+are background. The good boxes a skipped record held are lost with it, and counted
+(``Problem.valid_boxes``, summed in the data report), so a user sees what the skip cost.
+
+Images with more than ``max_pixels`` pixels are refused here, from their headers, by name: nothing
+later decodes them (``beedet.data.images.DEFAULT_MAX_PIXELS``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from beedet.data.images import ImageError, read_image_size, verify_image
+from beedet.data.images import DEFAULT_MAX_PIXELS, ImageError, read_image_size, verify_image
 from beedet.data.records import ImageRecord, LabelSet, Problem
 
 # Float rounding in normalised formats (YOLO) overshoots edges by ~1e-4 px; that is not a
@@ -28,21 +33,26 @@ _EDGE_TOLERANCE_PX = 0.01
 _MAX_WORKERS = 8
 
 
-def check_records(label_set: LabelSet, *, verify_images: bool = True) -> LabelSet:
+def check_records(label_set: LabelSet, *, verify_images: bool = True,
+                  max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LabelSet:
     """The records that pass every check, with the same class names and the problems extended.
 
     ``verify_images`` decodes every image fully (finds truncated and corrupt files); otherwise
-    only headers are read (finds missing files and wrong sizes, cheaply).
+    only headers are read (finds missing files and wrong sizes, cheaply). Either way an image of
+    more than ``max_pixels`` pixels is refused from its header (None: only Pillow's own limit).
+    A skipped record's problem counts the valid boxes lost with it (``Problem.valid_boxes``).
     """
-    measure = verify_image if verify_images else read_image_size
+    measure = partial(verify_image if verify_images else read_image_size, max_pixels=max_pixels)
     sizes = _measure_all({r.image_path for r in label_set.records}, measure)
 
     records: list[ImageRecord] = []
     problems = list(label_set.problems)
+    num_classes = len(label_set.class_names)
     for record in label_set.records:
         size = sizes[record.image_path]
         if isinstance(size, ImageError):
-            problems.append(Problem(record.source, f"image {record.image_path}: {size.reason}", "skipped"))
+            problems.append(Problem(record.source, f"image {record.image_path}: {size.reason}", "skipped",
+                                    valid_boxes=_valid_box_count(record, num_classes)))
             continue
         if size != (record.width, record.height):
             problems.append(Problem(
@@ -50,9 +60,10 @@ def check_records(label_set: LabelSet, *, verify_images: bool = True) -> LabelSe
                 f"image {record.image_path}: labels are for a {record.width}x{record.height} image but the "
                 f"image is {size[0]}x{size[1]} as displayed (EXIF orientation applied)",
                 "skipped",
+                valid_boxes=_valid_box_count(record, num_classes),
             ))
             continue
-        checked, record_problems = _check_boxes(record, len(label_set.class_names))
+        checked, record_problems = _check_boxes(record, num_classes)
         problems.extend(record_problems)
         if checked is not None:
             records.append(checked)
@@ -80,11 +91,11 @@ def _check_boxes(record: ImageRecord, num_classes: int) -> tuple[ImageRecord | N
     if record.num_boxes == 0:
         return record, []
     boxes = record.boxes.astype(np.float64)
-    fatal = [reason for i in range(record.num_boxes)
-             if (reason := _fatal_box_reason(i, boxes[i], int(record.labels[i]), record, num_classes))]
+    fatal = _fatal_box_reasons(record, num_classes)
     if fatal:
         shown = "; ".join(fatal[:3]) + (f"; and {len(fatal) - 3} more" if len(fatal) > 3 else "")
-        return None, [Problem(record.source, f"image {record.image_path}: {shown}", "skipped")]
+        return None, [Problem(record.source, f"image {record.image_path}: {shown}", "skipped",
+                              valid_boxes=record.num_boxes - len(fatal))]
 
     limits = np.array([record.width, record.height, record.width, record.height], dtype=np.float64)
     clipped = np.clip(boxes, 0.0, limits)
@@ -101,6 +112,18 @@ def _check_boxes(record: ImageRecord, num_classes: int) -> tuple[ImageRecord | N
     if np.array_equal(clipped, boxes):
         return record, problems
     return record.replace(boxes=clipped.astype(np.float32)), problems
+
+
+def _fatal_box_reasons(record: ImageRecord, num_classes: int) -> list[str]:
+    """Why each unusable box of ``record`` is unusable (empty when every box is fine)."""
+    boxes = record.boxes.astype(np.float64)
+    return [reason for i in range(record.num_boxes)
+            if (reason := _fatal_box_reason(i, boxes[i], int(record.labels[i]), record, num_classes))]
+
+
+def _valid_box_count(record: ImageRecord, num_classes: int) -> int:
+    """The boxes of ``record`` that pass every box check (as drawn: clipping would keep them)."""
+    return record.num_boxes - len(_fatal_box_reasons(record, num_classes))
 
 
 def _fatal_box_reason(i: int, box: np.ndarray, label: int, record: ImageRecord, num_classes: int) -> str:

@@ -19,14 +19,17 @@ from typing import Any
 import numpy as np
 
 from beedet.data.records import DataError, ImageRecord, LabelSet, Problem
+from beedet.data.roots import confined
 
 
-def read_coco(path: Path, *, image_root: Path | None = None) -> LabelSet:
+def read_coco(path: Path, *, image_root: Path | None = None, allow_outside_root: bool = False) -> LabelSet:
     """Read a COCO detection JSON into records (boxes xyxy pixels, 0-based contiguous class ids).
 
     ``file_name`` is relative to ``image_root``; by default to the JSON's folder, or its
     ``images/`` subfolder where the file is found there. Crowd annotations (``iscrowd: 1``)
     mark a region of many objects, not one box, so they are dropped with a problem noted.
+    An image whose ``file_name`` leads outside ``image_root`` (by default the JSON's folder) is a
+    problem and skipped, unless ``allow_outside_root`` (:mod:`beedet.data.roots`).
     """
     path = Path(path)
     data = _load_json(path)
@@ -54,7 +57,7 @@ def read_coco(path: Path, *, image_root: Path | None = None) -> LabelSet:
     for image in images:
         try:
             record, dropped = _record(path, image, annotations_of_image.get(image.get("id"), []),
-                                      class_of_category, image_root)
+                                      class_of_category, image_root, allow_outside_root)
         except ValueError as exc:
             problems.append(Problem(str(path), str(exc), "skipped"))
             continue
@@ -120,6 +123,7 @@ def _record(
     annotations: list[dict[str, Any]],
     class_of_category: dict[int, int],
     image_root: Path | None,
+    allow_outside_root: bool,
 ) -> tuple[ImageRecord, list[Problem]]:
     """One image's record and the boxes dropped from it. ValueError: the image must be skipped."""
     file_name = image.get("file_name")
@@ -147,7 +151,7 @@ def _record(
         labels.append(class_of_category[ann["category_id"]])
 
     record = ImageRecord(
-        image_path=_image_path(path, file_name, image_root),
+        image_path=_image_path(path, file_name, image_root, allow_outside_root),
         width=width,
         height=height,
         boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
@@ -157,10 +161,12 @@ def _record(
     return record, dropped
 
 
-def _image_path(path: Path, file_name: str, image_root: Path | None) -> Path:
+def _image_path(path: Path, file_name: str, image_root: Path | None, allow_outside_root: bool) -> Path:
+    """Where ``file_name`` points; OutsideRoot (a ValueError) when that leaves the data root."""
     if image_root is not None:
-        return Path(image_root) / file_name
-    beside = path.parent / file_name
+        return confined(Path(image_root) / file_name, [image_root], named=file_name, allow_outside_root=allow_outside_root)
+    # Checked before either candidate is looked at: nothing outside the root is even stat'ed.
+    beside = confined(path.parent / file_name, [path.parent], named=file_name, allow_outside_root=allow_outside_root)
     if beside.exists():
         return beside
     in_images = path.parent / "images" / file_name

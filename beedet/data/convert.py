@@ -9,6 +9,12 @@ reads (those three, RecordIO, the built-in detector's per-image JSON, Label Stud
 Records are checked against their images first (as ``beedet.data.inspect`` does), so only
 usable records are written; every problem is printed. The ``--out-*`` options shape the output;
 the reading options (``--s3-prefix``, ``--local-root``, ...) describe the input.
+
+A manifest or COCO file names its images relative to its own folder (or ``--out-image-root``). When
+the images lie outside that folder, readers refuse those paths by default (``beedet.data.roots``),
+so a note says how to read the file back: with ``--allow-outside-root`` (``data.allow_outside_root``),
+or (manifest) a ``--local-root`` that holds the images, or (COCO) ``--out-image-root`` on writing and
+the same ``--image-root`` on reading.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from pathlib import Path
 
 from beedet.data.checks import check_records
 from beedet.data.coco import write_coco
+from beedet.data.images import DEFAULT_MAX_PIXELS
 from beedet.data.manifest import write_manifest
 from beedet.data.records import DataError, LabelSet
 from beedet.data.report import DataReport
+from beedet.data.roots import is_inside
 from beedet.data.sources import add_source_arguments, source_from_args
 from beedet.data.yolo import write_yolo
 
@@ -44,12 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     out.add_argument("--image-mode", choices=("symlink", "copy"), default="symlink", help="yolo: how images are placed")
     parser.add_argument("--no-verify", action="store_true",
                         help="read image headers only instead of decoding every image")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help=f"refuse images with more pixels, from their headers (default: {DEFAULT_MAX_PIXELS})")
     parser.add_argument("--strict", action="store_true", help="write nothing and exit 1 if there is any problem")
     args = parser.parse_args(argv)
 
     try:
         source = source_from_args(args, args.src)
-        label_set = check_records(source.read(), verify_images=not args.no_verify)
+        label_set = check_records(source.read(), verify_images=not args.no_verify, max_pixels=args.max_pixels)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -66,7 +76,22 @@ def main(argv: list[str] | None = None) -> int:
     boxes = sum(r.num_boxes for r in label_set.records)
     print(f"wrote {len(label_set.records)} images, {boxes} boxes, {len(label_set.class_names)} classes "
           f"as {args.to} to {args.dst}")
+    _note_paths_outside(label_set, args)
     return 0
+
+
+def _note_paths_outside(label_set: LabelSet, args: argparse.Namespace) -> None:
+    """Say so when the written paths lead outside the folder they are relative to (module docstring)."""
+    if args.to == "yolo" or (args.to == "manifest" and args.out_s3_prefix):
+        return  # images placed inside the output folder / keys under --out-image-root (checked on writing)
+    root = args.out_image_root if args.to == "coco" and args.out_image_root is not None else args.dst.parent
+    outside = sum(not is_inside(r.image_path, root) for r in label_set.records)
+    if outside:
+        other = ("with --local-root set to a folder that holds the images" if args.to == "manifest" else
+                 "write it with --out-image-root set to a folder that holds the images and read it with --image-root "
+                 "set to the same folder")
+        print(f"note: {outside} of {len(label_set.records)} image paths lead outside {root}, which readers refuse "
+              f"by default: read {args.dst} with --allow-outside-root (data.allow_outside_root=true), or {other}")
 
 
 def _write(label_set: LabelSet, args: argparse.Namespace) -> None:

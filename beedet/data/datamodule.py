@@ -3,11 +3,18 @@
 Labels are read and checked once, in ``load_labels()``, before the network is built: the class
 map decides the size of the classification head, and bad records must be reported (or, in strict
 mode, stop the run) before any training time is spent.
+
+Images that only fail to decode later, in the datasets (possible with ``verify_images=false``), are
+replaced sample by sample (``beedet.data.dataset``) and added to :attr:`BeeDataModule.reports` as
+problems of action :data:`REPLACED_SAMPLE` when fit or validate ends (``teardown``). A
+``data_report.md`` already in the trainer's ``default_root_dir`` (train.py writes one there before
+fitting) is then written again, so the run's report counts them.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Protocol
 
 import albumentations as A
@@ -16,7 +23,8 @@ from torch.utils.data import DataLoader
 
 from beedet.data.checks import check_records
 from beedet.data.dataset import DetectionDataset, collate_detection
-from beedet.data.records import DataError, ImageRecord, LabelSet
+from beedet.data.images import DEFAULT_MAX_PIXELS, ImageError, verify_image
+from beedet.data.records import DataError, ImageRecord, LabelSet, Problem
 from beedet.data.report import DataReport
 from beedet.data.sampling import RepeatFactorSampler, RepeatFactors, repeat_factors
 from beedet.data.splits import compile_group_pattern, leaked_val_images, subset, train_val_split
@@ -35,6 +43,10 @@ class LabelSource(Protocol):
 
 # data.val_subset: every val image, or only those sharing no data.group_by group with training images.
 VAL_SUBSETS = ("all", "unseen")
+# Problem.action of an image that failed to decode in a dataset and was replaced by another sample.
+REPLACED_SAMPLE = "replaced sample"
+# What train.py writes before fitting, and teardown() brings up to date.
+DATA_REPORT_NAME = "data_report.md"
 
 
 class BeeDataModule(pl.LightningDataModule):
@@ -55,8 +67,11 @@ class BeeDataModule(pl.LightningDataModule):
             split keeps each group on one side, and with a ``val`` source the val images sharing
             a group with training images are counted (logged, and in the val report). ``None``:
             every image on its own. See ``beedet.data.splits``.
-        strict: stop on any bad record instead of skipping and counting it.
+        strict: stop on any bad record instead of skipping and counting it (also an image that
+            fails to decode while training: it is not replaced by another sample).
         verify_images: decode every image once up front so corrupt files are reported early.
+            Without it, one that fails to decode while training is replaced by another sample
+            and counted (module docstring).
         repeat_factor_threshold: rare-class sampling: with a threshold t, each training epoch shows
             images holding a class found in fewer than a fraction t of the images more often
             (LVIS repeat-factor sampling, ``beedet.data.sampling``, seeded by ``seed`` and the
@@ -73,6 +88,11 @@ class BeeDataModule(pl.LightningDataModule):
         val_subset: ``"all"``: every val image; ``"unseen"``: only the val images that share no
             ``group_by`` group (video, camera, photo) with a training image, the honest measure of
             how a detector does on footage it has never seen (honeybee: 33 of the 173 val images).
+        allow_outside_root: not used here: the sources take it (``conf/data`` interpolates
+            ``data.allow_outside_root`` into each); kept to log a warning when it is on, since image
+            paths in the label files may then name any file on the machine (``beedet.data.roots``).
+        max_pixels: refuse images with more pixels, by name, when labels are checked, and never
+            decode them (``beedet.data.images.DEFAULT_MAX_PIXELS``); None: only Pillow's own limit.
     """
 
     def __init__(
@@ -94,6 +114,8 @@ class BeeDataModule(pl.LightningDataModule):
         cache_bytes: int = 0,
         num_classes: int | None = None,
         val_subset: str = "all",
+        allow_outside_root: bool = False,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
         super().__init__()
         if not 0.0 < subset_fraction <= 1.0:
@@ -128,17 +150,25 @@ class BeeDataModule(pl.LightningDataModule):
         if val_subset == "unseen" and group_by is None:
             raise ValueError("data.val_subset=unseen needs data.group_by: it finds the val images that share a group with train")
         self.val_subset = val_subset
+        self.allow_outside_root = allow_outside_root
+        if max_pixels is not None and max_pixels < 1:
+            raise ValueError(f"data.max_pixels must be >= 1 or null, got {max_pixels}")
+        self.max_pixels = max_pixels
 
         self.class_names: list[str] = []
         self.train_records: list[ImageRecord] = []
         self.val_records: list[ImageRecord] = []
         self.reports: dict[str, DataReport] = {}
+        # (split, image path) of each image already noted as REPLACED_SAMPLE in self.reports.
+        self._noted_unreadable: set[tuple[str, str]] = set()
 
     # ---- labels -------------------------------------------------------------------------------
     def load_labels(self) -> None:
         """Read, check, subset and split the labels. Idempotent; call before building the network."""
         if self.class_names:
             return
+        if self.allow_outside_root:
+            log.warning("data.allow_outside_root=true: image paths in the label files may name any file on this machine")
         train_set = self._read_checked(self.train_source)
         if self.val_source is not None:
             val_set = self._read_checked(self.val_source)
@@ -194,7 +224,7 @@ class BeeDataModule(pl.LightningDataModule):
                             ", ".join(r.image_path.name for r in leaked[:3]))
 
     def _read_checked(self, source: LabelSource) -> LabelSet:
-        label_set = check_records(source.read(), verify_images=self.verify_images)
+        label_set = check_records(source.read(), verify_images=self.verify_images, max_pixels=self.max_pixels)
         for problem in label_set.problems:
             log.warning("%s", problem)
         label_set.raise_if_strict(self.strict)
@@ -209,8 +239,51 @@ class BeeDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.load_labels()
         self.train_dataset = DetectionDataset(self.train_records, self.train_transform,
-                                              reduced_decode=self.reduced_decode, cache_bytes=self.cache_bytes)
-        self.val_dataset = DetectionDataset(self.val_records, None)
+                                              reduced_decode=self.reduced_decode, cache_bytes=self.cache_bytes,
+                                              max_pixels=self.max_pixels, replace_unreadable=not self.strict)
+        self.val_dataset = DetectionDataset(self.val_records, None, max_pixels=self.max_pixels,
+                                            replace_unreadable=not self.strict)
+
+    def teardown(self, stage: str) -> None:
+        """At the end of fit / validate: report the images that failed to decode (module docstring)."""
+        if self.note_unreadable() and self.trainer is not None and self.trainer.is_global_zero:
+            report_path = Path(self.trainer.default_root_dir) / DATA_REPORT_NAME
+            if report_path.is_file():
+                report_path.write_text(self.reports_markdown())
+
+    def note_unreadable(self) -> int:
+        """Add the images the datasets failed to decode since the last call (in this process and its
+        DataLoader workers) to :attr:`reports` as :data:`REPLACED_SAMPLE` problems; returns how many.
+
+        Under DDP each rank notes what its own workers met (rank 0's reach the files)."""
+        added = 0
+        for split, dataset in (("train", getattr(self, "train_dataset", None)), ("val", getattr(self, "val_dataset", None))):
+            if dataset is None or split not in self.reports:
+                continue
+            for record in dataset.unreadable_records():
+                key = (split, str(record.image_path))
+                if key in self._noted_unreadable:
+                    continue
+                self._noted_unreadable.add(key)
+                self.reports[split].problems.append(Problem(
+                    record.source or str(record.image_path),
+                    f"image {record.image_path}: {self._decode_failure(record)}; another image was used in its place",
+                    REPLACED_SAMPLE,
+                ))
+                added += 1
+        return added
+
+    def _decode_failure(self, record: ImageRecord) -> str:
+        # The worker that failed logged the reason; decoding once more here recovers it for the report.
+        try:
+            verify_image(record.image_path, max_pixels=self.max_pixels)
+        except ImageError as err:
+            return err.reason
+        return "failed to decode while training (it decodes now: was the file changed?)"
+
+    def reports_markdown(self) -> str:
+        """Every data report as Markdown, train first: the contents of ``data_report.md``."""
+        return "\n\n".join(report.to_markdown() for report in self.reports.values())
 
     def train_dataloader(self) -> DataLoader:
         sampler = self._repeat_factor_sampler() if self.repeat_factor_threshold is not None else None

@@ -35,6 +35,17 @@ Two fast paths, both off by default here and switched on by ``conf/data`` (``dat
   With ``persistent_workers`` (the data module's choice) caches survive from epoch to epoch;
   without it they are rebuilt every epoch and the cache only costs memory.
 
+**An image that fails to decode never stops an epoch** (with ``data.verify_images=false`` a
+truncated JPEG is only found here). Its sample is replaced by the next index that decodes
+(``index + 1``, ``index + 2``, ... wrapping around), deterministically, with a warning naming the
+file; only when no image decodes at all is it an error. Which images failed is kept in
+:attr:`DetectionDataset.unreadable`, one flag per record in **shared memory**: a DataLoader worker
+process sets the flag, and the main process reads it without any message passing (the batch
+format is untouched). The data module turns the flags into problems of its data reports at the end
+of fit / validate (``BeeDataModule.teardown``). The replacement keeps its own ``image_id``, so
+validation, which keeps one result per ``image_id``, scores the replacement once and the bad image
+not at all. In strict mode (``replace_unreadable=False``) the error is raised instead.
+
 Sample contract (see ``docs/architecture.md``): ``image`` float32 (3, H, W) in [0, 1];
 ``target = {"boxes": float32 (N, 4) xyxy pixels of the returned image, "labels": int64 (N,)
 0-based class ids (0 is a real class, not background), "image_id": int64 scalar (the index),
@@ -44,6 +55,7 @@ image keeps its stored size; the network resizes internally and maps boxes back.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Sequence
@@ -54,8 +66,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from beedet.data.images import load_image, load_image_reduced
+from beedet.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, load_image_reduced
 from beedet.data.records import DataError, ImageRecord
+
+log = logging.getLogger(__name__)
 
 
 class DecodedFrameCache:
@@ -138,6 +152,10 @@ class DetectionDataset(Dataset):
             resize (module docstring); ignored for other pipelines and without a transform.
         cache_bytes: keep up to this many bytes of decoded frames in RAM, per process (module
             docstring: each DataLoader worker has its own cache); 0 turns the cache off.
+        max_pixels: refuse (as undecodable) an image with more pixels, from its header
+            (``beedet.data.images.DEFAULT_MAX_PIXELS``); None: only Pillow's own limit.
+        replace_unreadable: replace a sample whose image fails to decode by the next one that
+            decodes, flagging it in :attr:`unreadable` (module docstring); False raises instead.
     """
 
     def __init__(
@@ -147,18 +165,63 @@ class DetectionDataset(Dataset):
         *,
         reduced_decode: bool = False,
         cache_bytes: int = 0,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        replace_unreadable: bool = True,
     ) -> None:
         self.records = list(records)
         self.transform = transform
         self.decode_size = reduced_decode_size(transform) if reduced_decode else None
         self.decode_long_side = reduced_decode_long_side(transform) if reduced_decode else None
         self.cache = DecodedFrameCache(cache_bytes) if cache_bytes > 0 else None
+        self.max_pixels = max_pixels
+        self.replace_unreadable = replace_unreadable
+        # unreadable[i]: record i failed to decode here or in any DataLoader worker. Shared memory,
+        # so a flag a worker sets is what the main process reads (fork or spawn alike).
+        self.unreadable = torch.zeros(len(self.records), dtype=torch.bool).share_memory_()
         self._seeded_from: int | None = None
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def unreadable_records(self) -> list[ImageRecord]:
+        """The records whose images failed to decode so far, in index order."""
+        return [self.records[i] for i in torch.nonzero(self.unreadable).flatten().tolist()]
+
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        last_error: ImageError | None = None
+        if not self.unreadable[index]:
+            try:
+                return self._sample(index)
+            except ImageError as err:
+                if not self.replace_unreadable:
+                    raise
+                self._flag_unreadable(index, err)
+                last_error = err
+        # The next index that decodes, wrapping around: deterministic, and a different image
+        # than the failed one. Images known to fail (flagged) are not decoded again.
+        for step in range(1, len(self.records)):
+            other = (index + step) % len(self.records)
+            if self.unreadable[other]:
+                continue
+            try:
+                return self._sample(other)
+            except ImageError as err:
+                self._flag_unreadable(other, err)
+                last_error = err
+        raise DataError(f"none of the {len(self.records)} images decodes"
+                        + (f" (the last error: {last_error})" if last_error is not None else "")
+                        + "; nothing is left to train on")
+
+    def _flag_unreadable(self, index: int, err: ImageError) -> None:
+        if self.unreadable[index]:
+            return
+        self.unreadable[index] = True
+        record = self.records[index]
+        log.warning("%s: %s; the next image that decodes is used in its place (counted in the data report)",
+                    record.source or record.image_path, err)
+
+    def _sample(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sample ``index`` as the module docstring's contract says; ImageError when it cannot decode."""
         record = self.records[index]
         image, (width, height) = self._decoded(record)
         if (width, height) != (record.width, record.height):
@@ -195,14 +258,14 @@ class DetectionDataset(Dataset):
         if self.cache is not None and (found := self.cache.get(key)) is not None:
             return found
         if self.decode_size is not None:
-            pixels, full_size = load_image_reduced(record.image_path, self.decode_size)
+            pixels, full_size = load_image_reduced(record.image_path, self.decode_size, max_pixels=self.max_pixels)
         elif self.decode_long_side is not None:
             # The pipeline first resizes the longer side to decode_long_side: decode no less than that.
             factor = self.decode_long_side / max(record.width, record.height)
             need = (math.ceil(record.width * factor), math.ceil(record.height * factor))
-            pixels, full_size = load_image_reduced(record.image_path, need)
+            pixels, full_size = load_image_reduced(record.image_path, need, max_pixels=self.max_pixels)
         else:
-            pixels = load_image(record.image_path)
+            pixels = load_image(record.image_path, max_pixels=self.max_pixels)
             full_size = (pixels.shape[1], pixels.shape[0])
         if self.cache is not None:
             self.cache.put(key, pixels, full_size)

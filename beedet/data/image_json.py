@@ -21,6 +21,7 @@ from typing import Any
 from beedet.data.images import find_images
 from beedet.data.manifest import boxes_from_annotations, image_size_of
 from beedet.data.records import DataError, ImageRecord, LabelSet, Problem
+from beedet.data.roots import OutsideRoot, confined
 
 ANNOTATION_SUFFIX = "_annotation"
 
@@ -35,13 +36,16 @@ def default_images_dir(annotations_dir: Path) -> Path:
     return annotations_dir
 
 
-def read_image_json(annotations_dir: Path, images_dir: Path | None = None) -> LabelSet:
+def read_image_json(annotations_dir: Path, images_dir: Path | None = None, *,
+                    allow_outside_root: bool = False) -> LabelSet:
     """Read every ``*.json`` under ``annotations_dir`` (recursively, sorted) into records (boxes
     xyxy pixels, 0-based class ids). ``images_dir`` defaults to :func:`default_images_dir`.
 
     Class names come from the files' ``categories`` (a name that differs between files for one id
     is a problem of the later file, which is skipped); ids without a name are ``class_<i>``.
-    A file that is not a usable annotation is a :class:`Problem` naming it, and is skipped.
+    A file that is not a usable annotation is a :class:`Problem` naming it, and is skipped; so is
+    one whose ``file`` leads outside ``images_dir``, unless ``allow_outside_root``
+    (:mod:`beedet.data.roots`).
     """
     annotations_dir = Path(annotations_dir)
     if not annotations_dir.is_dir():
@@ -69,7 +73,7 @@ def read_image_json(annotations_dir: Path, images_dir: Path | None = None) -> La
             if not isinstance(annotations, list):
                 raise ValueError("'annotations' is not a list")
             boxes, labels = boxes_from_annotations(annotations, "annotations")
-            image_path = _find_image(obj.get("file"), json_path, images_dir, by_stem)
+            image_path = _find_image(obj.get("file"), json_path, images_dir, by_stem, allow_outside_root)
         except ValueError as exc:
             problems.append(Problem(where, str(exc), "skipped"))
             continue
@@ -110,10 +114,21 @@ def _categories(obj: dict[str, Any]) -> dict[int, str]:
     return names
 
 
-def _find_image(file: Any, json_path: Path, images_dir: Path, by_stem: dict[str, list[Path]]) -> Path:
+def _find_image(file: Any, json_path: Path, images_dir: Path, by_stem: dict[str, list[Path]],
+                allow_outside_root: bool) -> Path:
     tried = []
+    outside: OutsideRoot | None = None
     if isinstance(file, str) and file:
-        for candidate in (images_dir / file, images_dir / Path(file).name):
+        try:
+            named = confined(images_dir / file, [images_dir], named=file, allow_outside_root=allow_outside_root)
+        except OutsideRoot as exc:
+            # Not looked at; the base name and the stem below stay inside images_dir.
+            named, outside = None, exc
+        base = Path(file).name
+        by_name = images_dir / base if base not in ("", ".", "..") else None
+        for candidate in (named, by_name):
+            if candidate is None:
+                continue
             if candidate.is_file():
                 return candidate
             tried.append(str(candidate))
@@ -123,6 +138,8 @@ def _find_image(file: Any, json_path: Path, images_dir: Path, by_stem: dict[str,
     if len(same_stem) > 1:
         raise ValueError(f"several images named {json_path.stem}.* in {images_dir}: "
                          f"{', '.join(p.name for p in same_stem)}; set 'file' to the one meant")
+    if outside is not None:
+        raise outside
     tried.append(f"{images_dir / json_path.stem}.<image suffix>")
     raise ValueError(f"no image for this annotation: looked for {', '.join(tried)}")
 

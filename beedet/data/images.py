@@ -13,6 +13,12 @@ Errors raise :class:`ImageError`, whose message names the file and says what is 
 body) decode through :func:`decode_image`, with the same rules as a file.
 ``ImageFile.LOAD_TRUNCATED_IMAGES`` is deliberately left False: a truncated JPEG decodes to a
 grey lower half that still "loads", and a detector trained on it learns nothing good.
+
+One pixel limit, :data:`DEFAULT_MAX_PIXELS`, guards every decode (training, ``beedet.predict``,
+``beedet.data.inspect``, serving): each decoding function takes ``max_pixels`` and refuses a larger
+image from its header, before a single pixel is decoded. A few KB of PNG can announce a 50000 x
+50000 image; decoded, that is 7.5 GB of RGB. ``None`` leaves only Pillow's own limit
+(``Image.MAX_IMAGE_PIXELS``, about 179 MP refused, 89 MP warned), which still applies above ours.
 """
 
 from __future__ import annotations
@@ -31,6 +37,11 @@ from beedet.data.records import DataError
 _SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N"})
 
+#: The most pixels (width x height) any decode accepts unless told otherwise. 40 MP: a 4K frame is
+#: 8.3 MP and a 48 MP phone photo is refused. Decoded, 40 MP is 120 MB of uint8 and 480 MB as the
+#: float tensor the network reads; a DataLoader worker or a server thread holds several at once.
+DEFAULT_MAX_PIXELS = 40_000_000
+
 
 class ImageError(DataError):
     """An image file is missing, not an image, or corrupt. ``str()`` is ``"<path>: <reason>"``."""
@@ -42,8 +53,9 @@ class ImageError(DataError):
 
 
 class ImageTooLarge(ImageError):
-    """The image has more pixels than allowed (``decode_image(max_pixels=...)``, or Pillow's own
-    decompression-bomb limit): refused before its pixels are decoded."""
+    """The image has more pixels than allowed (``max_pixels`` of the decoding function, by default
+    :data:`DEFAULT_MAX_PIXELS`, or Pillow's own decompression-bomb limit): refused from its header,
+    before its pixels are decoded."""
 
 
 #: File suffixes beedet treats as images when it lists a folder (compared lower-case).
@@ -55,12 +67,13 @@ def find_images(folder: Path | str) -> list[Path]:
     return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def load_image(path: Path | str) -> np.ndarray:
+def load_image(path: Path | str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Decode ``path`` to uint8 RGB of shape (H, W, 3), as displayed (EXIF orientation applied).
 
-    16-bit images are scaled to 8 bits (65535 -> 255, 32768 -> 128), not clipped.
+    16-bit images are scaled to 8 bits (65535 -> 255, 32768 -> 128), not clipped. More than
+    ``max_pixels`` pixels: :class:`ImageTooLarge`, from the header (module docstring).
     """
-    with _open(path) as img:
+    with _open(path, max_pixels) as img:
         return _decode(img, path)
 
 
@@ -68,7 +81,8 @@ def load_image(path: Path | str) -> np.ndarray:
 _DCT_SCALES = (8, 4, 2, 1)
 
 
-def load_image_reduced(path: Path | str, min_size: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
+def load_image_reduced(path: Path | str, min_size: tuple[int, int], *,
+                       max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode ``path`` as :func:`load_image` does, but a JPEG at the smallest size that is still at
     least ``min_size`` = (width, height) as displayed; also return the full displayed (width, height).
 
@@ -83,8 +97,10 @@ def load_image_reduced(path: Path | str, min_size: tuple[int, int]) -> tuple[np.
     The result is an area-averaged reduction, not the exact full decode: callers map boxes by the
     decoded/full size ratio of each axis (``pixels.shape`` vs the returned full size).
     ``tests/test_fast_decode.py`` states how close a resize of it is to a resize of the full decode.
+    ``max_pixels`` counts the full stored image, not the reduced decode: the limit is one number
+    for every path, whatever the augmentation.
     """
-    with _open(path) as img:
+    with _open(path, max_pixels) as img:
         try:
             orientation = _header_orientation(img, Path(path))
         except (OSError, SyntaxError, ValueError, struct.error) as exc:
@@ -103,30 +119,30 @@ def load_image_reduced(path: Path | str, min_size: tuple[int, int]) -> tuple[np.
     return pixels, ((stored_h, stored_w) if swap else (stored_w, stored_h))
 
 
-def decode_image(data: bytes, name: str = "<image bytes>", *, max_pixels: int | None = None,
+def decode_image(data: bytes, name: str = "<image bytes>", *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
                  formats: Sequence[str] | None = None) -> np.ndarray:
     """Decode an encoded image held in memory exactly as :func:`load_image` decodes a file.
 
     ``name`` stands for the file in error messages. ``max_pixels``: raise :class:`ImageTooLarge`
-    from the header alone, before decoding, when width * height is larger (a few KB of PNG can
-    announce a 50000 x 50000 image); Pillow's own limit (``Image.MAX_IMAGE_PIXELS``) still applies.
+    from the header alone, before decoding, when width * height is larger (module docstring).
     ``formats``: Pillow format names to try (e.g. ``("JPEG", "PNG")``); None: every format Pillow
     knows.
     """
-    with _open_stream(io.BytesIO(data), name, formats) as img:
-        if max_pixels is not None and img.width * img.height > max_pixels:
-            raise ImageTooLarge(name, f"{img.width}x{img.height} is {img.width * img.height} pixels, "
-                                      f"more than the {max_pixels} allowed")
+    if not data:
+        raise ImageError(name, "empty (0 bytes)")
+    with _open_stream(io.BytesIO(data), name, formats, max_pixels) as img:
         return _decode(img, name)
 
 
-def read_image_size(path: Path | str) -> tuple[int, int]:
+def read_image_size(path: Path | str, *, max_pixels: int | None = None) -> tuple[int, int]:
     """``(width, height)`` as displayed (after EXIF orientation), from the file header only.
 
     Cheap (no pixel decoding), so it cannot notice a file truncated inside its pixel data; use
-    :func:`verify_image` for that.
+    :func:`verify_image` for that. Reading a header is safe at any size, so there is no limit by
+    default; with ``max_pixels`` a larger image raises :class:`ImageTooLarge`, as a decode would
+    (:func:`beedet.data.checks.check_records` refuses such images before anything decodes them).
     """
-    with _open(path) as img:
+    with _open(path, max_pixels) as img:
         width, height = img.size
         try:
             orientation = _header_orientation(img, Path(path))
@@ -135,14 +151,15 @@ def read_image_size(path: Path | str) -> tuple[int, int]:
     return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
 
 
-def verify_image(path: Path | str) -> tuple[int, int]:
+def verify_image(path: Path | str, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """Decode every byte of ``path`` and return ``(width, height)`` as displayed.
 
-    Raises :class:`ImageError` when the file is missing, not an image, truncated or corrupt.
+    Raises :class:`ImageError` when the file is missing, empty, not an image, truncated or corrupt,
+    and :class:`ImageTooLarge` (from the header, before decoding) above ``max_pixels``.
     JPEGs are decoded at 1/8 scale (``Image.draft``): the DCT scaling still has to walk the whole
     entropy-coded stream, so truncation and corruption are found at a fraction of the cost.
     """
-    with _open(path) as img:
+    with _open(path, max_pixels) as img:
         width, height = img.size
         try:
             if img.format == "JPEG":
@@ -154,16 +171,25 @@ def verify_image(path: Path | str) -> tuple[int, int]:
     return (height, width) if orientation in _SWAPPING_ORIENTATIONS else (width, height)
 
 
-def _open(path: Path | str) -> Image.Image:
+def _open(path: Path | str, max_pixels: int | None) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise ImageError(path, "image file not found" if not path.exists() else "not a regular file")
-    return _open_stream(path, path)
+    # Said plainly: Pillow would call a 0-byte file an "unrecognised file format", which sends
+    # people looking for a codec problem instead of a failed download or copy.
+    if path.stat().st_size == 0:
+        raise ImageError(path, "empty file (0 bytes)")
+    return _open_stream(path, path, None, max_pixels)
 
 
-def _open_stream(source: Path | io.BytesIO, name: Path | str, formats: Sequence[str] | None = None) -> Image.Image:
+def _open_stream(source: Path | io.BytesIO, name: Path | str, formats: Sequence[str] | None,
+                 max_pixels: int | None) -> Image.Image:
+    """The opened image (header read, no pixels decoded yet), refused when over ``max_pixels``."""
+    # Pillow's own check runs inside open(): above ~89 MP it warns first, even when ours refuses
+    # just below. Not silenced: warnings.catch_warnings is process-global, and serving decodes in
+    # threads.
     try:
-        return Image.open(source, formats=None if formats is None else list(formats))
+        img = Image.open(source, formats=None if formats is None else list(formats))
     except Image.UnidentifiedImageError as exc:
         known = "" if formats is None else f" of {', '.join(formats)}"
         raise ImageError(name, f"not an image (unrecognised file format{known})") from exc
@@ -171,6 +197,11 @@ def _open_stream(source: Path | io.BytesIO, name: Path | str, formats: Sequence[
         raise ImageTooLarge(name, f"image too large to decode safely ({exc})") from exc
     except (OSError, SyntaxError, ValueError, struct.error) as exc:
         raise ImageError(name, f"cannot read image header ({exc})") from exc
+    if max_pixels is not None and img.width * img.height > max_pixels:
+        img.close()
+        raise ImageTooLarge(name, f"{img.width}x{img.height} is {img.width * img.height} pixels, "
+                                  f"more than the {max_pixels} allowed (max_pixels)")
+    return img
 
 
 def _decode(img: Image.Image, name: Path | str) -> np.ndarray:

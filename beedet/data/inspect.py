@@ -5,7 +5,8 @@
 
 Reads the data (Ground Truth manifest, COCO, YOLO, RecordIO, the built-in detector's per-image JSON,
 Label Studio export or Pascal VOC), checks every record against its image (missing,
-corrupt or truncated files, wrong sizes, boxes outside the image, unknown classes) and prints
+corrupt, truncated, empty or too large files, wrong sizes, boxes outside the image, unknown
+classes, image paths outside the data root) and prints
 counts, boxes per class, box-size percentiles and every problem. ``--strict`` exits with status
 1 when there is any problem, for CI on a labelling repository.
 """
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 
 from beedet.data.checks import check_records
+from beedet.data.images import DEFAULT_MAX_PIXELS
 from beedet.data.records import DataError
 from beedet.data.report import DataReport
 from beedet.data.sources import add_source_arguments, source_from_args
@@ -31,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-verify", action="store_true",
                         help="read image headers only instead of decoding every image (faster, "
                              "but truncated files go unnoticed)")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse images with more pixels (width x height), from their headers "
+                             f"(default: {DEFAULT_MAX_PIXELS}, as training and serving)")
     parser.add_argument("--strict", action="store_true", help="exit with status 1 if there is any problem")
     parser.add_argument("--json", type=Path, help="also write the report as JSON here")
     parser.add_argument("--markdown", type=Path, help="also write the report as Markdown here")
@@ -38,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         source = source_from_args(args, args.data)
-        label_set = check_records(source.read(), verify_images=not args.no_verify)
+        label_set = check_records(source.read(), verify_images=not args.no_verify, max_pixels=args.max_pixels)
     except (DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

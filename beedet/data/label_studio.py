@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import posixpath
 import re
 import urllib.parse
 import xml.etree.ElementTree as ET
@@ -30,6 +31,7 @@ import numpy as np
 
 from beedet.data.images import ImageError, read_image_size
 from beedet.data.records import DataError, ImageRecord, LabelSet, Problem
+from beedet.data.roots import confined
 
 # Label Studio's local-files storage serves DOCUMENT_ROOT/<d> at this URL prefix.
 LOCAL_FILES_PREFIX = "/data/local-files/?d="
@@ -73,13 +75,17 @@ def read_label_studio(
     *,
     image_root: Path | None = None,
     class_names: Sequence[str] | None = None,
+    allow_outside_root: bool = False,
 ) -> LabelSet:
     """Read a Label Studio JSON export into records (boxes xyxy pixels, 0-based class ids).
 
     ``image_root``: the folder the tasks' images resolve under (default: the export's folder);
     the image path is taken from ``data.image`` (a local-files ``?d=`` URL, an upload path with
     its 8-hex prefix dropped, a URL or a plain path), and as few leading parts as needed are
-    stripped until the file exists under ``image_root``. ``class_names`` fixes the class ids
+    stripped until the file exists under ``image_root`` (so an absolute path, which names a file on
+    the labelling server, is looked for under ``image_root`` too). A reference whose ``..`` climbs
+    out of ``image_root`` is a problem, unless ``allow_outside_root`` (:mod:`beedet.data.roots`).
+    ``class_names`` fixes the class ids
     (e.g. :func:`class_names_from_config`); a box with another name is a problem. Without it the
     names seen are sorted. A task that cannot be used is a :class:`Problem` naming the file and the
     task's position and id.
@@ -101,7 +107,7 @@ def read_label_studio(
     for i, task in enumerate(tasks):
         where = f"{path}: task {i}" + (f" (id {task.get('id')})" if isinstance(task, dict) and "id" in task else "")
         try:
-            image_path = _resolve(_image_ref(task), root)
+            image_path = _resolve(_image_ref(task), root, allow_outside_root)
             width, height, boxes, rotated = _task_boxes(task, image_path)
         except (ValueError, ImageError) as exc:
             problems.append(Problem(where, str(exc), "skipped"))
@@ -116,7 +122,9 @@ def read_label_studio(
     for where, image_path, width, height, boxes in parsed:
         unknown = sorted({n for n, _ in boxes if n not in ids})
         if unknown:
-            problems.append(Problem(where, f"label {unknown[0]!r} is not one of the classes {names}", "skipped"))
+            # The boxes of known classes are lost with the task: counted, not silently gone.
+            problems.append(Problem(where, f"label {unknown[0]!r} is not one of the classes {names}", "skipped",
+                                    valid_boxes=sum(n in ids for n, _ in boxes)))
             continue
         records.append(ImageRecord(image_path, width, height, boxes=[b for _, b in boxes] or np.zeros((0, 4)),
                                    labels=[ids[n] for n, _ in boxes], source=where))
@@ -150,9 +158,15 @@ def image_relative_path(ref: str) -> str:
     return rel
 
 
-def _resolve(ref: str, root: Path) -> Path:
+def _resolve(ref: str, root: Path, allow_outside_root: bool) -> Path:
     rel = image_relative_path(ref)
-    parts = [p for p in rel.split("/") if p and p not in (".", "..")]
+    # Leading "/" dropped: an absolute path is the labelling server's, and is searched by its tails.
+    # A ".." that still climbs after collapsing would leave root: refused (or, when allowed, taken
+    # as written, relative to root) rather than silently dropped as it once was.
+    normal = posixpath.normpath(rel.lstrip("/")) if rel.strip("/") else ""
+    if normal == ".." or normal.startswith("../"):
+        return confined(root / normal, [root], named=ref, allow_outside_root=allow_outside_root)
+    parts = [p for p in normal.split("/") if p and p != "."]
     if not parts:
         raise ValueError(f"image reference {ref!r} names no file")
     for start in range(len(parts)):

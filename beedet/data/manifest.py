@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import posixpath
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from beedet.data.records import DataError, ImageRecord, LabelSet, Problem
+from beedet.data.roots import OutsideRoot, confined
 
 OBJECT_DETECTION_TYPE = "groundtruth/object-detection"
 
@@ -43,6 +45,7 @@ def read_manifest(
     label_attribute: str | None = None,
     local_root: Path | None = None,
     s3_prefix: str | None = None,
+    allow_outside_root: bool = False,
 ) -> LabelSet:
     """Read a Ground Truth bounding-box manifest into records (boxes xyxy pixels, 0-based ids).
 
@@ -55,11 +58,16 @@ def read_manifest(
     ``local_root``. Without it, the bucket and then as few leading key parts as needed are
     stripped until the file exists under ``local_root`` (how a SageMaker channel lays out files).
     Plain paths are absolute or relative to the manifest's folder.
+
+    Every image must lie inside ``local_root`` (a plain path: or inside the manifest's folder),
+    after ``..`` is collapsed (:mod:`beedet.data.roots`); a line naming one outside is a problem,
+    unless ``allow_outside_root``.
     """
     path = Path(path)
     lines = _parse_lines(path)
     attribute = label_attribute or _find_label_attribute(path, [obj for _, obj in lines if isinstance(obj, dict)])
-    resolver = _SourceResolver(path.parent, Path(local_root) if local_root is not None else None, s3_prefix)
+    resolver = _SourceResolver(path.parent, Path(local_root) if local_root is not None else None, s3_prefix,
+                               allow_outside_root=allow_outside_root)
 
     records: list[ImageRecord] = []
     problems: list[Problem] = []
@@ -313,27 +321,47 @@ def _class_names(class_map: dict[int, str], max_label: int) -> list[str]:
 class _SourceResolver:
     """Maps ``source-ref`` values to local files; see :func:`read_manifest`."""
 
-    def __init__(self, manifest_dir: Path, local_root: Path | None, s3_prefix: str | None) -> None:
+    def __init__(self, manifest_dir: Path, local_root: Path | None, s3_prefix: str | None, *,
+                 allow_outside_root: bool) -> None:
         self.manifest_dir = manifest_dir
         self.local_root = local_root if local_root is not None else manifest_dir
         self.s3_prefix = s3_prefix
+        self.allow_outside_root = allow_outside_root
         # Key parts stripped on the last line that resolved: every line of a job has the same layout.
         self._stripped: int | None = None
 
     def resolve(self, source_ref: str) -> Path:
-        if not source_ref.startswith("s3://"):
-            local = Path(source_ref)
-            return local if local.is_absolute() else self.manifest_dir / local
-        if self.s3_prefix is not None:
-            if not source_ref.startswith(self.s3_prefix):
-                raise _LineError(f"source-ref '{source_ref}' does not start with s3_prefix '{self.s3_prefix}'")
-            return self.local_root / source_ref[len(self.s3_prefix) :].lstrip("/")
-        return self._search(source_ref)
+        try:
+            if not source_ref.startswith("s3://"):
+                # An absolute path replaces manifest_dir in the join, and is checked like any other.
+                return self._confined(self.manifest_dir / source_ref, source_ref, (self.local_root, self.manifest_dir))
+            if self.s3_prefix is not None:
+                if not source_ref.startswith(self.s3_prefix):
+                    raise _LineError(f"source-ref '{source_ref}' does not start with s3_prefix '{self.s3_prefix}'")
+                rest = source_ref[len(self.s3_prefix) :].lstrip("/")
+                return self._confined(self.local_root / rest, source_ref, (self.local_root,))
+            return self._search(source_ref)
+        except OutsideRoot as exc:
+            raise _LineError(str(exc)) from exc
+
+    def _confined(self, candidate: Path, source_ref: str, roots: tuple[Path, ...]) -> Path:
+        return confined(candidate, roots, named=source_ref, allow_outside_root=self.allow_outside_root)
 
     def _search(self, source_ref: str) -> Path:
-        key_parts = [part for part in source_ref[len("s3://") :].split("/")[1:] if part]
+        key = source_ref[len("s3://") :].partition("/")[2]
+        key_parts = [part for part in key.split("/") if part]
         if not key_parts:
             raise _LineError(f"source-ref '{source_ref}' names a bucket, not an object")
+        if not self.allow_outside_root:
+            # Collapse ".." in the key before the search: a key that climbs above its bucket would
+            # land outside local_root on every tail that keeps the climb. Decided on the text alone,
+            # before any outside path is looked at.
+            normal = posixpath.normpath("/".join(key_parts))
+            if normal == ".." or normal.startswith("../"):
+                self._confined(self.local_root / normal, source_ref, (self.local_root,))
+            key_parts = [part for part in normal.split("/") if part not in ("", ".")]
+            if not key_parts:
+                raise _LineError(f"source-ref '{source_ref}' names a bucket, not an object")
         if self._stripped is not None and self._stripped < len(key_parts):
             candidate = self.local_root.joinpath(*key_parts[self._stripped :])
             if candidate.is_file():

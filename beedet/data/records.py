@@ -32,15 +32,18 @@ class Problem:
 
     ``where`` names the file, and the line for line-based formats (``train.manifest:12``).
     ``action`` says what beedet did about it: ``"skipped"`` (the whole record), ``"dropped box"``
-    or ``"clipped box"``.
+    or ``"clipped box"``. ``valid_boxes``: for a skipped record, how many of its boxes passed
+    every box check and were lost with it (a record is skipped whole: see ``beedet.data.checks``).
     """
 
     where: str
     reason: str
     action: str
+    valid_boxes: int = 0
 
     def __str__(self) -> str:
-        return f"{self.where}: {self.reason} ({self.action})"
+        lost = f", with {self.valid_boxes} valid box{'es' if self.valid_boxes != 1 else ''}" if self.valid_boxes else ""
+        return f"{self.where}: {self.reason} ({self.action}{lost})"
 
 
 def empty_boxes() -> np.ndarray:

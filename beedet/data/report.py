@@ -4,7 +4,8 @@
 :func:`~beedet.data.checks.check_records`, so skipped records are counted as problems, not images)
 and rendered for the console (``str``), for a run directory (``to_markdown``) and for tools
 (``to_dict``). Box sizes are in pixels of the labelled images: compare them with the detector's
-input size and anchor sizes.
+input size and anchor sizes. A skipped record takes its good boxes with it; the report says how
+many (``skipped_valid_boxes``: "3 records skipped, holding 41 valid boxes").
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _BUCKETS = ((0, "0"), (1, "1"), (5, "2-5"), (10, "6-10"), (20, "11-20"), (50, "2
 _CONSOLE_PROBLEMS = 20
 _SHARED_GROUP_LABEL = "images sharing a data.group_by group with train"
 _SIZE_MEASURES = (("width", "width"), ("height", "height"), ("sqrt_area", "sqrt(area)"))
+_SKIPPED = "skipped"
 
 
 @dataclass
@@ -70,6 +72,16 @@ class DataReport:
         )
 
     @property
+    def skipped_records(self) -> int:
+        """Problems that skipped a whole record (or an unusable entry of a label file)."""
+        return sum(p.action == _SKIPPED for p in self.problems)
+
+    @property
+    def skipped_valid_boxes(self) -> int:
+        """Boxes that passed every check but were lost with the records skipped for another reason."""
+        return sum(p.valid_boxes for p in self.problems if p.action == _SKIPPED)
+
+    @property
     def problems_by_action(self) -> dict[str, list[Problem]]:
         grouped: dict[str, list[Problem]] = {}
         for problem in self.problems:
@@ -91,7 +103,10 @@ class DataReport:
             "shared_group_images": self.shared_group_images,
             "problems": {
                 "total": len(self.problems),
-                "by_action": {action: [{"where": p.where, "reason": p.reason} for p in problems]
+                "skipped_valid_boxes": self.skipped_valid_boxes,
+                "by_action": {action: [{"where": p.where, "reason": p.reason,
+                                        **({"valid_boxes": p.valid_boxes} if p.valid_boxes else {})}
+                                       for p in problems]
                               for action, problems in self.problems_by_action.items()},
             },
         }
@@ -104,6 +119,8 @@ class DataReport:
                f"| boxes per image | {_summary_text(self.boxes_per_image)} |"]
         if self.shared_group_images is not None:
             out.append(f"| {_SHARED_GROUP_LABEL} | {self.shared_group_images} |")
+        if self.skipped_records:
+            out.append(f"| skipped records | {_skipped_text(self.skipped_records, self.skipped_valid_boxes)} |")
         out.append("")
         out += ["### Boxes per class", "", "| class | boxes | share |", "|---|---:|---:|"]
         out += [f"| {name} | {n} | {_share(n, self.boxes)} |" for name, n in self.boxes_per_class.items()]
@@ -122,8 +139,10 @@ class DataReport:
         if not self.problems:
             out.append("None.")
         for action, problems in self.problems_by_action.items():
-            out += [f"#### {action} ({len(problems)})", ""]
-            out += [f"- `{p.where}`: {p.reason}" for p in problems]
+            count = _skipped_text(len(problems), self.skipped_valid_boxes) if action == _SKIPPED else len(problems)
+            out += [f"#### {action} ({count})", ""]
+            out += [f"- `{p.where}`: {p.reason}" + (f" ({p.valid_boxes} valid boxes lost)" if p.valid_boxes else "")
+                    for p in problems]
             out.append("")
         return "\n".join(out).rstrip() + "\n"
 
@@ -142,12 +161,18 @@ class DataReport:
                       for key, label in _SIZE_MEASURES]
         lines.append("  image sizes: " + ", ".join(f"{s} x{n}" for s, n in list(self.image_sizes.items())[:5])
                      + (f", ... ({len(self.image_sizes)} sizes)" if len(self.image_sizes) > 5 else ""))
-        by_action = ", ".join(f"{action} {len(ps)}" for action, ps in self.problems_by_action.items())
+        by_action = ", ".join(f"{action} {_skipped_text(len(ps), self.skipped_valid_boxes)}" if action == _SKIPPED
+                              else f"{action} {len(ps)}" for action, ps in self.problems_by_action.items())
         lines.append(f"  problems: {len(self.problems)}" + (f" ({by_action})" if by_action else ""))
         lines += [f"    {p}" for p in self.problems[:_CONSOLE_PROBLEMS]]
         if len(self.problems) > _CONSOLE_PROBLEMS:
             lines.append(f"    ... and {len(self.problems) - _CONSOLE_PROBLEMS} more")
         return "\n".join(lines)
+
+
+def _skipped_text(records: int, valid_boxes: int) -> str:
+    """``"3, holding 41 valid boxes"``: what skipping cost, not only how often it happened."""
+    return f"{records}, holding {valid_boxes} valid box{'es' if valid_boxes != 1 else ''}"
 
 
 def _class_name(class_names: list[str], class_id: int) -> str:

@@ -2,6 +2,11 @@
 
 Hydra instantiates these by ``_target_`` (``conf/data/*.yaml``); the CLIs build them with
 :func:`source_for_path`. Paths may be ``str`` (as Hydra passes them) or :class:`~pathlib.Path`.
+
+``allow_outside_root`` (``data.allow_outside_root``, default false): image paths named by the label
+file may lead outside its data root (:mod:`beedet.data.roots`); otherwise such a record is a
+problem. YOLO and RecordIO sources have no such option: their image paths come from listing a
+folder or are kept inside the extraction folder, so they cannot leave it.
 There is deliberately no format registry: a new format is a new dataclass here.
 """
 
@@ -35,6 +40,7 @@ class ManifestSource:
     label_attribute: str | None = None
     local_root: str | Path | None = None
     s3_prefix: str | None = None
+    allow_outside_root: bool = False
 
     @property
     def name(self) -> str:
@@ -46,6 +52,7 @@ class ManifestSource:
             label_attribute=self.label_attribute,
             local_root=Path(self.local_root) if self.local_root is not None else None,
             s3_prefix=self.s3_prefix,
+            allow_outside_root=self.allow_outside_root,
         )
 
 
@@ -55,13 +62,14 @@ class CocoSource:
 
     path: str | Path
     image_root: str | Path | None = None
+    allow_outside_root: bool = False
 
     @property
     def name(self) -> str:
         return str(self.path)
 
     def read(self) -> LabelSet:
-        return read_coco(Path(self.path), image_root=Path(self.image_root) if self.image_root is not None else None)
+        return read_coco(Path(self.path), image_root=_path(self.image_root), allow_outside_root=self.allow_outside_root)
 
 
 @dataclass
@@ -112,13 +120,14 @@ class ImageJsonSource:
 
     annotations: str | Path
     images: str | Path | None = None
+    allow_outside_root: bool = False
 
     @property
     def name(self) -> str:
         return str(self.annotations)
 
     def read(self) -> LabelSet:
-        return read_image_json(Path(self.annotations), _path(self.images))
+        return read_image_json(Path(self.annotations), _path(self.images), allow_outside_root=self.allow_outside_root)
 
 
 @dataclass
@@ -130,6 +139,7 @@ class LabelStudioSource:
     image_root: str | Path | None = None
     class_names: Sequence[str] | None = None
     config: str | Path | None = None
+    allow_outside_root: bool = False
 
     @property
     def name(self) -> str:
@@ -139,7 +149,8 @@ class LabelStudioSource:
         names = list(self.class_names) if self.class_names is not None else None
         if names is None and self.config is not None:
             names = class_names_from_config(Path(self.config))
-        return read_label_studio(Path(self.path), image_root=_path(self.image_root), class_names=names)
+        return read_label_studio(Path(self.path), image_root=_path(self.image_root), class_names=names,
+                                 allow_outside_root=self.allow_outside_root)
 
 
 @dataclass
@@ -149,6 +160,7 @@ class VocSource:
     path: str | Path
     image_root: str | Path | None = None
     class_names: Sequence[str] | None = None
+    allow_outside_root: bool = False
 
     @property
     def name(self) -> str:
@@ -156,7 +168,8 @@ class VocSource:
 
     def read(self) -> LabelSet:
         return read_voc(Path(self.path), image_root=_path(self.image_root),
-                        class_names=list(self.class_names) if self.class_names is not None else None)
+                        class_names=list(self.class_names) if self.class_names is not None else None,
+                        allow_outside_root=self.allow_outside_root)
 
 
 # Every source that reads labelled files (what source_for_path returns).
@@ -260,10 +273,13 @@ def source_for_path(
     lst: str | Path | None = None,
     idx: str | Path | None = None,
     label_studio_config: str | Path | None = None,
+    allow_outside_root: bool = False,
 ) -> FileSource:
     """The source reading ``path`` in format ``fmt`` (``auto`` looks at the path; see
     :func:`detect_format`). Options that the format does not use raise ValueError, so a
-    mistyped command line fails instead of being silently ignored."""
+    mistyped command line fails instead of being silently ignored. ``allow_outside_root`` is a
+    permission, not a setting: formats whose paths cannot leave their folder (yolo, recordio)
+    accept it and need it not (module docstring)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
     path = Path(path)
@@ -273,10 +289,11 @@ def source_for_path(
                "extract_dir": extract_dir, "lst": lst, "idx": idx, "label_studio_config": label_studio_config}
     if fmt == "manifest":
         used = {"label_attribute", "local_root", "s3_prefix"}
-        source = ManifestSource(path, label_attribute=label_attribute, local_root=local_root, s3_prefix=s3_prefix)
+        source = ManifestSource(path, label_attribute=label_attribute, local_root=local_root, s3_prefix=s3_prefix,
+                                allow_outside_root=allow_outside_root)
     elif fmt == "coco":
         used = {"image_root"}
-        source = CocoSource(path, image_root=image_root)
+        source = CocoSource(path, image_root=image_root, allow_outside_root=allow_outside_root)
     elif fmt == "yolo":
         used = {"labels", "class_names"}
         yolo_images = path if path.name == "images" or not (path / "images").is_dir() else path / "images"
@@ -286,13 +303,14 @@ def source_for_path(
         source = RecordIOSource(path, idx=idx, lst=lst, extract_dir=extract_dir, class_names=class_names)
     elif fmt == "image-json":
         used = {"images"}
-        source = ImageJsonSource(path, images=images)
+        source = ImageJsonSource(path, images=images, allow_outside_root=allow_outside_root)
     elif fmt == "label-studio":
         used = {"image_root", "class_names", "label_studio_config"}
-        source = LabelStudioSource(path, image_root=image_root, class_names=class_names, config=label_studio_config)
+        source = LabelStudioSource(path, image_root=image_root, class_names=class_names, config=label_studio_config,
+                                   allow_outside_root=allow_outside_root)
     else:
         used = {"image_root", "class_names"}
-        source = VocSource(path, image_root=image_root, class_names=class_names)
+        source = VocSource(path, image_root=image_root, class_names=class_names, allow_outside_root=allow_outside_root)
     unused = sorted(k for k, v in options.items() if v is not None and k not in used)
     if unused:
         raise ValueError(f"{', '.join(unused)} does not apply to {fmt} data ({path})")
@@ -321,10 +339,14 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lst", help="recordio: the im2rec .lst naming the images (default: <stem>.lst if present)")
     group.add_argument("--idx", help="recordio: the .idx index to check (default: <stem>.idx if present)")
     group.add_argument("--label-studio-config", help="label-studio: the labeling config whose labels give the class order")
+    group.add_argument("--allow-outside-root", action="store_true",
+                       help="let image paths in the label file lead outside its data root (--local-root, "
+                            "--image-root, or the label file's folder); by default such a record is a problem")
 
 
 def source_from_args(args: argparse.Namespace, path: str | Path) -> FileSource:
     return source_for_path(path, args.format, label_attribute=args.label_attribute, local_root=args.local_root,
                            s3_prefix=args.s3_prefix, image_root=args.image_root, labels=args.labels,
                            class_names=args.class_names, images=args.images, extract_dir=args.extract_dir,
-                           lst=args.lst, idx=args.idx, label_studio_config=args.label_studio_config)
+                           lst=args.lst, idx=args.idx, label_studio_config=args.label_studio_config,
+                           allow_outside_root=args.allow_outside_root)

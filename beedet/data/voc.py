@@ -25,16 +25,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from beedet.data.records import DataError, ImageRecord, LabelSet, Problem
+from beedet.data.roots import OutsideRoot, confined
 
 
 def read_voc(annotations: Path, *, image_root: Path | None = None,
-             class_names: Sequence[str] | None = None) -> LabelSet:
+             class_names: Sequence[str] | None = None, allow_outside_root: bool = False) -> LabelSet:
     """Read VOC XML files into records (boxes xyxy pixels, 0-based class ids).
 
     ``annotations``: one ``.xml`` file, a folder of them (recursively), or a VOC root holding
     ``Annotations/`` (images then default to its ``JPEGImages/``). ``image_root`` is where
     ``<filename>`` resolves (default: ``JPEGImages/`` of a VOC root, else the XML's own folder).
-    ``class_names`` fixes the class ids; without it the names seen are sorted.
+    ``class_names`` fixes the class ids; without it the names seen are sorted. A ``<filename>``
+    that leads outside that image folder is a problem and the file skipped, unless
+    ``allow_outside_root`` (:mod:`beedet.data.roots`).
     """
     annotations = Path(annotations)
     if (annotations / "Annotations").is_dir():
@@ -51,7 +54,8 @@ def read_voc(annotations: Path, *, image_root: Path | None = None,
     parsed, problems = [], []
     for xml_path in files:
         try:
-            parsed.append((xml_path, *_parse(xml_path, Path(image_root) if image_root is not None else xml_path.parent)))
+            parsed.append((xml_path, *_parse(xml_path, Path(image_root) if image_root is not None else xml_path.parent,
+                                             allow_outside_root)))
         except ValueError as exc:
             problems.append(Problem(str(xml_path), str(exc), "skipped"))
     names = list(class_names) if class_names is not None else sorted({n for *_, objects in parsed for n, _ in objects})
@@ -60,15 +64,17 @@ def read_voc(annotations: Path, *, image_root: Path | None = None,
     for xml_path, image_path, width, height, objects in parsed:
         unknown = sorted({n for n, _ in objects if n not in ids})
         if unknown:
+            # The objects of known classes are lost with the file: counted, not silently gone.
             problems.append(Problem(str(xml_path), f"object name {unknown[0]!r} is not one of the classes {names}",
-                                    "skipped"))
+                                    "skipped", valid_boxes=sum(n in ids for n, _ in objects)))
             continue
         records.append(ImageRecord(image_path, width, height, boxes=[b for _, b in objects],
                                    labels=[ids[n] for n, _ in objects], source=str(xml_path)))
     return LabelSet(records=records, class_names=names, problems=problems)
 
 
-def _parse(xml_path: Path, image_root: Path) -> tuple[Path, int, int, list[tuple[str, tuple[float, ...]]]]:
+def _parse(xml_path: Path, image_root: Path,
+           allow_outside_root: bool) -> tuple[Path, int, int, list[tuple[str, tuple[float, ...]]]]:
     try:
         root = ET.parse(xml_path).getroot()
     except ET.ParseError as exc:
@@ -78,9 +84,7 @@ def _parse(xml_path: Path, image_root: Path) -> tuple[Path, int, int, list[tuple
     filename = (root.findtext("filename") or "").strip()
     if not filename:
         raise ValueError("no <filename>")
-    image_path = image_root / filename
-    if not image_path.is_file() and (image_root / Path(filename).name).is_file():
-        image_path = image_root / Path(filename).name
+    image_path = _image_path(image_root, filename, allow_outside_root)
     try:
         width, height = int(root.findtext("size/width")), int(root.findtext("size/height"))
     except (TypeError, ValueError) as exc:
@@ -98,3 +102,22 @@ def _parse(xml_path: Path, image_root: Path) -> tuple[Path, int, int, list[tuple
             raise ValueError(f"object {i} has no <name>")
         objects.append((name, (xmin, ymin, xmax, ymax)))
     return image_path, width, height, objects
+
+
+def _image_path(image_root: Path, filename: str, allow_outside_root: bool) -> Path:
+    """``image_root / filename``, else the file of that base name in ``image_root`` (tools that write
+    the labelling machine's absolute path); OutsideRoot (a ValueError) when ``filename`` leads
+    outside ``image_root`` and no file of its base name is there. Nothing outside the root is even
+    looked at, so whether an outside file exists never shows in a message."""
+    named = image_root / filename
+    base = Path(filename).name
+    by_name = image_root / base if base not in ("", ".", "..") else None
+    try:
+        image_path = confined(named, [image_root], named=filename, allow_outside_root=allow_outside_root)
+    except OutsideRoot:
+        if by_name is not None and by_name.is_file():
+            return by_name
+        raise
+    if not image_path.is_file() and by_name is not None and by_name.is_file():
+        return by_name
+    return image_path

@@ -59,7 +59,7 @@ import torch
 from omegaconf import DictConfig
 
 from beedet.assembly import load_system
-from beedet.data.images import ImageError, ImageTooLarge, decode_image
+from beedet.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, decode_image
 from beedet.detections import detections_document, score_threshold_for
 from beedet.system import DetectionModule
 
@@ -83,9 +83,8 @@ IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
 CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON)
 # Pillow decoders a request may use; the others (PSD, ICNS, FLI, ...) are attack surface, not bee photos.
 IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")
-# 40 MP: a 4K frame is 8.3 MP and a 48 MP phone photo is refused. Decoded, 40 MP is 120 MB of uint8
-# and 480 MB as the float tensor the network reads.
-DEFAULT_MAX_PIXELS = 40_000_000
+# DEFAULT_MAX_PIXELS (40 MP) comes from beedet.data.images: one limit for every decode (training,
+# predict, inspect and serving); beedet.serving.app imports it from here.
 # The checkpoint inside a model artifact (beedet.sagemaker.artifact).
 CHECKPOINT_NAME = "model.ckpt"
 
