@@ -138,6 +138,22 @@ def test_transforms_draw_independently_after_reseeding(records: list[ImageRecord
         assert flips == {(False, False), (True, False), (False, True), (True, True)}, (num_workers, flips)
 
 
+def test_a_seeded_sample_depends_on_its_seed_alone(records: list[ImageRecord]) -> None:
+    """``dataset[(index, seed)]`` gives the same augmented sample whatever was drawn before and in
+    whichever process: what lets a resumed run replay an uninterrupted one's epochs."""
+    dataset = DetectionDataset([records[0]] * 3, _random_crop_pipeline())
+    first, _ = dataset[(1, 1234)]
+    for i in (0, 1, 2, 0):
+        dataset[i]  # the process's own stream moves on
+    dataset[(2, 99)]
+    again, _ = dataset[(1, 1234)]
+    assert torch.equal(first, again)
+    fresh = DetectionDataset([records[0]] * 3, _random_crop_pipeline())
+    assert torch.equal(fresh[(1, 1234)][0], first)
+    assert not torch.equal(fresh[(1, 1235)][0], first)
+    assert int(fresh[(2, 1234)][1]["image_id"]) == 2
+
+
 def test_collate_keeps_images_of_different_sizes(records: list[ImageRecord]) -> None:
     dataset = DetectionDataset(records)
     images, targets = collate_detection([dataset[0], dataset[1]])

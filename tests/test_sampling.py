@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
-from torch.utils.data import RandomSampler
 
 from beedet.assembly import build_datamodule
 from beedet.data.sampling import RepeatFactorSampler, epoch_length, repeat_factors
@@ -102,6 +101,27 @@ def test_set_epoch_changes_the_order_deterministically():
     assert list(RepeatFactorSampler(factors, seed=8)) != list(RepeatFactorSampler(factors, seed=7))
 
 
+def test_sample_seeds_depend_on_the_epoch_alone():
+    """With augment_seed, each position carries an augmentation seed that a fresh sampler (a
+    resumed run) gives again for the same epoch, whatever epochs ran before."""
+    factors = np.ones(12)  # a plain seeded shuffle: every image once per epoch
+    ran_through = RepeatFactorSampler(factors, seed=2, augment_seed=42)
+    for epoch in range(4):
+        ran_through.set_epoch(epoch)
+        first = list(ran_through)
+    resumed = RepeatFactorSampler(factors, seed=2, augment_seed=42)
+    resumed.set_epoch(3)
+    assert list(resumed) == first
+    assert sorted(i for i, _ in first) == list(range(12))
+    assert all(isinstance(s, int) and 0 <= s < 2**63 for _, s in first)
+    resumed.set_epoch(2)
+    assert [s for _, s in resumed] != [s for _, s in first]
+    other = RepeatFactorSampler(factors, seed=2, augment_seed=43)
+    other.set_epoch(3)
+    assert [i for i, _ in other] == [i for i, _ in first] and [s for _, s in other] != [s for _, s in first]
+    assert list(RepeatFactorSampler(factors, seed=2)) == [i for i, _ in RepeatFactorSampler(factors, seed=2, augment_seed=1)]
+
+
 def test_ddp_ranks_share_one_epoch_list():
     """Lightning's DistributedSamplerWrapper iterates the sampler on every rank and keeps every
     world_size-th position: the ranks together must cover exactly the sampler's epoch."""
@@ -143,7 +163,10 @@ def test_datamodule_uses_the_sampler_and_logs_the_shares(tmp_path: Path, caplog)
 
     plain = build_datamodule(compose_config(overrides).data)
     plain.setup("fit")
-    assert isinstance(plain.train_dataloader().sampler, RandomSampler)
+    # Without a threshold: a seeded shuffle of every image once, each sample with its own seed.
+    sampler = plain.train_dataloader().sampler
+    assert isinstance(sampler, RepeatFactorSampler) and len(sampler) == len(plain.train_records)
+    assert sorted(i for i, _ in sampler) == list(range(len(plain.train_records)))
 
 
 def test_threshold_must_be_positive(tmp_path: Path):

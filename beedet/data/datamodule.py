@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Protocol
 
 import albumentations as A
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from beedet.data.checks import check_records
@@ -61,7 +63,9 @@ class BeeDataModule(pl.LightningDataModule):
         root: the dataset folder (for reports; sources carry their own paths).
         subset_fraction: keep only this random fraction of the training images (seeded).
         val_fraction: the share of images split off for validation when ``val`` is None.
-        seed: seeds the subset and the split (independent of the training seed).
+        seed: seeds the subset, the split and the order of training samples; each sample's
+            augmentation is seeded from it, the epoch and the training seed (torch's, set by
+            ``seed_everything``) together.
         group_by: a regex on image file names whose match (named group ``group``, else group 1,
             else the whole match) keys groups of related images, e.g. frames of one video; the
             split keeps each group on one side, and with a ``val`` source the val images sharing
@@ -286,17 +290,22 @@ class BeeDataModule(pl.LightningDataModule):
         return "\n\n".join(report.to_markdown() for report in self.reports.values())
 
     def train_dataloader(self) -> DataLoader:
-        sampler = self._repeat_factor_sampler() if self.repeat_factor_threshold is not None else None
+        # Every epoch's order and every sample's augmentation come from (seed, epoch, training
+        # seed), never from a stream that runs on from epoch to epoch: a run resumed from its
+        # end-of-epoch checkpoint trains exactly as the uninterrupted run (beedet.data.sampling).
+        # The training seed is torch's, which train.py sets through seed_everything.
+        factors = (self._repeat_factors().image_factor if self.repeat_factor_threshold is not None
+                   else np.ones(len(self.train_dataset)))
+        sampler = RepeatFactorSampler(factors, seed=self.seed, augment_seed=torch.initial_seed())
         # Under DDP each rank sees only its share of the samples: drop a ragged last batch only
         # when a rank still has a full one, or a small dataset would train zero steps. Lightning
-        # shards the repeat-factor sampler's list per rank (DistributedSamplerWrapper) and passes
-        # it each epoch's number through set_epoch.
+        # shards the sampler's list per rank (DistributedSamplerWrapper) and passes it each
+        # epoch's number through set_epoch.
         world_size = self.trainer.world_size if self.trainer is not None else 1
-        per_rank = -(-(len(sampler) if sampler is not None else len(self.train_dataset)) // world_size)
+        per_rank = -(-len(sampler) // world_size)
         return DataLoader(
             self.train_dataset,
             batch_size=self.batch_size,
-            shuffle=sampler is None,
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_detection,
@@ -305,14 +314,14 @@ class BeeDataModule(pl.LightningDataModule):
             drop_last=per_rank > self.batch_size,
         )
 
-    def _repeat_factor_sampler(self) -> RepeatFactorSampler:
-        """Repeat-factor sampling over the training records; logs the per-class numbers once."""
+    def _repeat_factors(self) -> RepeatFactors:
+        """Repeat factors of the training records; logs the per-class numbers once."""
         if self.repeat_factors is None:
             self.repeat_factors = repeat_factors(
                 [r.labels for r in self.train_records], len(self.class_names), self.repeat_factor_threshold
             )
             log.info("%s", self.repeat_factors.table(self.class_names))
-        return RepeatFactorSampler(self.repeat_factors.image_factor, seed=self.seed)
+        return self.repeat_factors
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(

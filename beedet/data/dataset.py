@@ -187,11 +187,16 @@ class DetectionDataset(Dataset):
         """The records whose images failed to decode so far, in index order."""
         return [self.records[i] for i in torch.nonzero(self.unreadable).flatten().tolist()]
 
-    def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sample ``index``. An ``(index, sample_seed)`` pair (what ``RepeatFactorSampler`` yields
+        with an ``augment_seed``) seeds this sample's augmentation with ``sample_seed``, so the
+        sample depends on that pair alone (``beedet.data.sampling``: resumed runs train exactly as
+        uninterrupted ones); a plain index draws from the process's own augmentation stream."""
+        index, sample_seed = index if isinstance(index, tuple) else (index, None)
         last_error: ImageError | None = None
         if not self.unreadable[index]:
             try:
-                return self._sample(index)
+                return self._sample(index, sample_seed)
             except ImageError as err:
                 if not self.replace_unreadable:
                     raise
@@ -204,7 +209,7 @@ class DetectionDataset(Dataset):
             if self.unreadable[other]:
                 continue
             try:
-                return self._sample(other)
+                return self._sample(other, sample_seed)
             except ImageError as err:
                 self._flag_unreadable(other, err)
                 last_error = err
@@ -220,7 +225,7 @@ class DetectionDataset(Dataset):
         log.warning("%s: %s; the next image that decodes is used in its place (counted in the data report)",
                     record.source or record.image_path, err)
 
-    def _sample(self, index: int) -> tuple[Tensor, dict[str, Tensor]]:
+    def _sample(self, index: int, sample_seed: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Sample ``index`` as the module docstring's contract says; ImageError when it cannot decode."""
         record = self.records[index]
         image, (width, height) = self._decoded(record)
@@ -232,7 +237,7 @@ class DetectionDataset(Dataset):
             )
         boxes, labels = record.boxes, record.labels
         if self.transform is not None:
-            self._seed_transform()
+            self._seed_transform(sample_seed)
             if image.shape[:2] != (height, width):
                 # A reduced decode: boxes follow the pixels, by the decoded/stored ratio of each axis
                 # (ceil(side / s) / side, exactly what the first resize then undoes).
@@ -271,8 +276,13 @@ class DetectionDataset(Dataset):
             self.cache.put(key, pixels, full_size)
         return pixels, full_size
 
-    def _seed_transform(self) -> None:
-        """Give each worker process (and each epoch's new workers) its own augmentation stream."""
+    def _seed_transform(self, sample_seed: int | None = None) -> None:
+        """Seed this one sample's augmentation with ``sample_seed``; without one, give each worker
+        process (and each epoch's new workers) its own augmentation stream."""
+        if sample_seed is not None:
+            self.transform.set_random_state(np.random.default_rng(sample_seed), random.Random(sample_seed))
+            self._seeded_from = None  # a later plain index reseeds from the worker's stream
+            return
         info = get_worker_info()
         seed = info.seed if info is not None else torch.initial_seed()
         if seed != self._seeded_from:

@@ -21,6 +21,13 @@ Under DDP, Lightning wraps a custom sampler in ``DistributedSamplerWrapper`` (wi
 ``use_distributed_sampler``, the default): every rank iterates this sampler, which must therefore
 give all ranks the same list (it only depends on seed and epoch), then takes its own share.
 Lightning calls ``set_epoch`` on the wrapper, which forwards it here.
+
+With ``augment_seed``, the sampler yields ``(index, sample_seed)`` pairs instead of indices, the
+seeds drawn from (seed, epoch, augment_seed) too, and ``DetectionDataset`` seeds the augmentation
+of that one sample with it. Every random choice of an epoch then depends on the epoch number
+alone, not on how many epochs this process has run or on the number of DataLoader workers, so a
+run resumed from its end-of-epoch checkpoint trains exactly as the uninterrupted run would
+have. Factors of all 1 make it a plain seeded shuffle (every image once per epoch).
 """
 
 from __future__ import annotations
@@ -114,14 +121,18 @@ def epoch_length(image_factor: Sequence[float] | np.ndarray) -> int:
     return int(np.floor(float(np.sum(image_factor)) + 0.5))
 
 
-class RepeatFactorSampler(Sampler[int]):
+class RepeatFactorSampler(Sampler[int | tuple[int, int]]):
     """Dataset indices where image i appears about ``repeat_factors[i]`` times per epoch, in a
     random order; a fixed ``len`` of ``epoch_length(repeat_factors)``. The order and the rounding
     depend only on ``seed`` and the epoch given to :meth:`set_epoch` (0 until then): the same on
     every DDP rank and after a resume. See the module docstring for the rounding and the padding.
+
+    ``augment_seed``: None yields plain ``int`` indices; an int yields ``(index, sample_seed)``
+    pairs, ``sample_seed`` in [0, 2**63) depending on (seed, epoch, augment_seed, position).
     """
 
-    def __init__(self, repeat_factors: Sequence[float] | np.ndarray, seed: int = 0) -> None:
+    def __init__(self, repeat_factors: Sequence[float] | np.ndarray, seed: int = 0,
+                 augment_seed: int | None = None) -> None:
         factors = np.asarray(repeat_factors, dtype=np.float64).reshape(-1)
         if len(factors) == 0:
             raise ValueError("RepeatFactorSampler needs at least one image")
@@ -131,6 +142,7 @@ class RepeatFactorSampler(Sampler[int]):
             raise ValueError(f"seed must be >= 0, got {seed}")
         self.repeat_factors = factors
         self.seed = int(seed)
+        self.augment_seed = None if augment_seed is None else int(augment_seed) % 2**63
         self.epoch = 0
         self._length = epoch_length(factors)
 
@@ -152,5 +164,15 @@ class RepeatFactorSampler(Sampler[int]):
         # Every factor is >= 1, so the draw is never empty; np.resize cuts it or repeats it from its start.
         return np.resize(drawn, self._length)
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices(self.epoch).tolist())
+    def sample_seeds(self, epoch: int) -> np.ndarray:
+        """The int64 (len(self),) augmentation seeds of ``epoch`` (needs ``augment_seed``)."""
+        if self.augment_seed is None:
+            raise ValueError("this sampler has no augment_seed")
+        rng = np.random.default_rng([self.seed, epoch, self.augment_seed])
+        return rng.integers(0, 2**63 - 1, size=self._length, dtype=np.int64)
+
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+        indices = self.indices(self.epoch).tolist()
+        if self.augment_seed is None:
+            return iter(indices)
+        return iter(zip(indices, self.sample_seeds(self.epoch).tolist()))
