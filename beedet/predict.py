@@ -81,7 +81,7 @@ def main(cfg: DictConfig) -> None:
     paths = images_at(root)
     written = 0
     # max_pixels: null in the config means Pillow's own limit only, as data.max_pixels does.
-    for batch in _batches(paths, cfg.batch_size, max_pixels=cfg.get("max_pixels", DEFAULT_MAX_PIXELS)):
+    for batch in _batches(paths, cfg.batch_size, max_pixels=cfg.max_pixels):
         tensors = [torch.from_numpy(img).permute(2, 0, 1).float().div(255) for _, img in batch]
         for (path, img), tensor, prediction in zip(batch, tensors, system.detect(tensors)):
             rel = path.relative_to(root) if root.is_dir() else Path(path.name)

@@ -266,7 +266,7 @@ def test_inspect_cli_reports_outside_paths_and_takes_allow_outside_root(escaping
 
 def test_data_allow_outside_root_is_a_config_key_threaded_into_the_sources(honeybee_mini: Path) -> None:
     from beedet.assembly import build_datamodule
-    from conftest import compose_config
+    from conftest import CONF, compose_config
 
     manifest = honeybee_mini / "train.manifest"
     for name, extra in (("honeybee", [f"data.root={honeybee_mini}"]),
@@ -312,6 +312,13 @@ def test_the_default_limit_is_one_constant_shared_with_serving() -> None:
 
     assert DEFAULT_MAX_PIXELS == 40_000_000
     assert handlers.DEFAULT_MAX_PIXELS is DEFAULT_MAX_PIXELS
+    # The configs that spell it out (a YAML file cannot import the constant) say the same.
+    from omegaconf import OmegaConf
+
+    from conftest import CONF
+
+    for name in ("predict.yaml", "serve.yaml", "data/synthetic.yaml", "data/honeybee.yaml", "data/files.yaml"):
+        assert OmegaConf.load(CONF / name).max_pixels == DEFAULT_MAX_PIXELS, name
 
 
 @pytest.mark.parametrize("size", [(8000, 6000), (20000, 10000)], ids=["48MP-over-ours", "200MP-over-pillows"])
