@@ -62,9 +62,9 @@ def test_cli_dry_run_spot_multi_instance_request(no_network, no_account_env, cap
     assert image.endswith(f"/pytorch-training:{sm.framework_version}-gpu-{sm.py_version}"), image
     assert ".dkr.ecr.eu-west-1.amazonaws.com/" in image
 
-    # The experiment and the train override travel as --key value hyperparameters; the
-    # launcher's own keys (instance_count, channels, sagemaker.*) do not.
-    assert request["HyperParameters"] == {"experiment": "honeybee_tiled", "trainer.max_epochs": "3"}
+    # The experiment and the train override travel as --key value hyperparameters, named as the
+    # SDK's driver can export them; the launcher's own keys (instance_count, channels, sagemaker.*) do not.
+    assert request["HyperParameters"] == {"experiment": "honeybee_tiled", "trainer__max_epochs": "3"}
 
     # Channels from config, and the SDK's code and driver channels under s3://bucket/prefix/.
     channels = _channel_uris(request)
@@ -133,10 +133,11 @@ def test_overrides_become_hyperparameters():
         "+experiment=honeybee_ssd300_resnet50", "trainer.max_epochs=50", "model=ssd300_resnet18",
         "callbacks=[default,early_stopping]", "data.train.s3_prefix=s3://b/p/", "spot=true", "sagemaker.bucket=b",
         "channels.train=s3://b/t/",
-    ]) == {"experiment": "honeybee_ssd300_resnet50", "trainer.max_epochs": "50", "model": "ssd300_resnet18",
-           "callbacks": "[default,early_stopping]", "data.train.s3_prefix": "s3://b/p/"}
+    ]) == {"experiment": "honeybee_ssd300_resnet50", "trainer__max_epochs": "50", "model": "ssd300_resnet18",
+           "callbacks": "[default,early_stopping]", "data__train__s3_prefix": "s3://b/p/"}
     for bad, why in [("optimizer.lr=0.1,0.01", "sweep"), ("~logger", "existing key"), ("+foo=1", "existing key"),
-                     ("++seed=3", "existing key")]:
+                     ("++seed=3", "existing key"), ("model@net=ssd300_resnet18", "existing key"),
+                     ("model/backbone=x", "no spelling there"), (f"name={'b' * 2501}", "at most 2500")]:
         with pytest.raises(SystemExit, match=why):
             training_hyperparameters([bad])
 
@@ -148,13 +149,16 @@ def test_hyperparameters_reach_train_py_as_the_same_overrides():
         hyperparameters_to_cli_args,
     )
 
-    from beedet.sagemaker.hyperparameters import parse_hyperparameter_argv, to_overrides
+    from beedet.sagemaker.hyperparameters import decode_hyperparameters, parse_hyperparameter_argv, to_overrides
     from beedet.sagemaker.launch import training_hyperparameters
 
-    typed = ["+experiment=honeybee_tiled", "trainer.max_epochs=50", "optimizer.lr=0.001", "evaluation.size_bins=null",
-             "evaluation.count_threshold=0.35", "callbacks=[default,early_stopping]", "name='bees at dawn'"]
+    typed = ["+experiment=honeybee_tiled", "trainer.max_epochs=50", "optimizer.lr=1e-3", "ckpt_path=null",
+             "evaluation.count_threshold=0.35", "callbacks=[default,early_stopping]", "name='bees at dawn'",
+             "evaluation.size_bins=[1024,4096]", """logger.name="it's a \\"bee\\" at 50%" """.strip(),
+             "model.backbone._target_=beedet.models.Other"]
     argv = hyperparameters_to_cli_args(training_hyperparameters([*typed, "spot=true", "instance_count=2"]))
-    assert to_overrides(parse_hyperparameter_argv(argv)) == typed
+    decoded, reserved = decode_hyperparameters(parse_hyperparameter_argv(argv))
+    assert to_overrides(decoded) == typed and reserved == []
 
 
 def test_launch_keys_are_exactly_what_launch_yaml_adds():

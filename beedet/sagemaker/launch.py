@@ -8,10 +8,11 @@
 
 ``conf/launch.yaml`` composes ``conf/train.yaml``, so ``+experiment=...`` and every train override
 are checked here, before an instance is paid for; they reach the job as ``--key value``
-hyperparameters (``--experiment honeybee_tiled --trainer.max_epochs 50``), which ``train.py`` maps
-back onto the same overrides. The job's code is one archive of this checkout's ``train.py``,
-``beedet/`` and ``conf/`` plus a ``requirements.txt`` of beedet's dependencies (the container
-brings torch and torchvision). Channels become ``SM_CHANNEL_<NAME>``; checkpoints are synced between
+hyperparameters, encoded so that the SDK's container driver passes them on unchanged
+(``--experiment honeybee_tiled --trainer__max_epochs 50``; ``beedet.sagemaker.hyperparameters``),
+which ``train.py`` decodes and maps back onto the same overrides. The job's code is one archive
+of this checkout's ``train.py``, ``beedet/`` and ``conf/`` plus a ``requirements.txt`` of beedet's
+dependencies (the container brings torch and torchvision). Channels become ``SM_CHANNEL_<NAME>``; checkpoints are synced between
 ``/opt/ml/checkpoints`` and S3, so a job restarted after a spot interruption resumes; the log
 regexes of ``beedet.sagemaker.metrics`` become the job's metric definitions; with more than one
 instance the SDK's torchrun driver starts ``train.py`` on every node.
@@ -44,6 +45,7 @@ from beedet.sagemaker.aws import (
     quiet_offline_sdk,
     require_sagemaker_sdk,
 )
+from beedet.sagemaker.hyperparameters import HyperparameterError, encode_hyperparameters
 from beedet.sagemaker.offline import OfflineAWS
 
 log = logging.getLogger("beedet.sagemaker.launch")
@@ -66,15 +68,20 @@ JOB_FILES = ("train.py", "beedet", "conf")
 CODE_ARCHIVE = "beedet-job-code.tar.gz"
 # The container provides these (a CUDA build matched to the image); pip must not replace them.
 CONTAINER_PACKAGES = ("torch", "torchvision")
+# CreateTrainingJob's limits on HyperParameters: entries, name length, value length.
+MAX_HYPERPARAMETERS, MAX_NAME_CHARS, MAX_VALUE_CHARS = 100, 256, 2500
 
 
 def training_hyperparameters(overrides: Sequence[str]) -> dict[str, str]:
-    """The job's hyperparameters for the launcher's command-line ``overrides``: every train override
-    as ``{key: value text}`` (``trainer.max_epochs=50`` -> ``{"trainer.max_epochs": "50"}``,
-    ``model=ssd300_resnet50`` -> ``{"model": "ssd300_resnet50"}``), ``+experiment=X`` as
-    ``{"experiment": "X"}``; overrides of the launcher's own keys (``LAUNCH_KEYS``) are left out.
-    Overrides that ``--key value`` cannot carry (sweeps, ``~key``, ``+key`` / ``++key`` other than
-    the experiment, ``group@package``) raise ``SystemExit`` saying why."""
+    """The job's HyperParameters for the launcher's command-line ``overrides``: every train override
+    as ``{key: value text}``, ``+experiment=X`` as ``{"experiment": "X"}``, encoded for the SDK's
+    container driver (``beedet.sagemaker.hyperparameters.encode_hyperparameters``:
+    ``trainer.max_epochs=50`` -> ``{"trainer__max_epochs": "50"}``, ``model=ssd300_resnet50`` ->
+    ``{"model": "ssd300_resnet50"}``, ``name='bees at dawn'`` -> ``{"name": "%27bees at dawn%27"}``);
+    ``train.py`` decodes them back to the text typed here. Overrides of the launcher's own keys
+    (``LAUNCH_KEYS``) are left out. Overrides that ``--key value`` cannot carry (sweeps, ``~key``,
+    ``+key`` / ``++key`` other than the experiment, ``group@package``), and more or longer
+    hyperparameters than CreateTrainingJob takes, raise ``SystemExit`` saying why."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     hyperparameters: dict[str, str] = {}
@@ -89,7 +96,19 @@ def training_hyperparameters(overrides: Sequence[str]) -> dict[str, str]:
                              "key (key=value) or pick the experiment (+experiment=NAME); put this change in an experiment file")
         # The text as typed, so the job's Hydra parses exactly what this one parsed.
         hyperparameters[key] = line.split("=", 1)[1]
-    return hyperparameters
+    try:
+        encoded = encode_hyperparameters(hyperparameters)
+    except HyperparameterError as exc:
+        raise SystemExit(str(exc)) from None
+    if len(encoded) > MAX_HYPERPARAMETERS:
+        raise SystemExit(f"{len(encoded)} hyperparameters: a training job takes at most {MAX_HYPERPARAMETERS}; "
+                         "put the settings in an experiment file")
+    for key, (name, text) in zip(hyperparameters, encoded.items()):
+        if len(name) > MAX_NAME_CHARS or len(text) > MAX_VALUE_CHARS:
+            raise SystemExit(f"{key}: a training job takes hyperparameter names of at most {MAX_NAME_CHARS} characters "
+                             f"and values of at most {MAX_VALUE_CHARS} ({len(name)} and {len(text)} here, encoded); "
+                             "put the setting in an experiment file")
+    return encoded
 
 
 def job_requirements(framework_version: str) -> list[str]:

@@ -4,8 +4,10 @@ turned into Hydra overrides, so the script itself runs unchanged.
 How the container becomes overrides (each skipped when the job's hyperparameters set that key):
 
 * **hyperparameters** (``--key value``, or ``SM_HPS`` / ``hyperparameters.json`` when the
-  container was started with just ``train``): ``beedet.sagemaker.hyperparameters``; they come
-  last, so they win.
+  container was started with just ``train``): decoded from their wire names and values
+  (``--trainer__max_epochs 50`` -> ``trainer.max_epochs=50``; SageMaker's own
+  ``_tuning_objective_metric`` and ``sagemaker_*`` set aside with a log line), then
+  ``beedet.sagemaker.hyperparameters``; they come last, so they win.
 * **channels**: ``train`` -> ``data.train`` (and ``data.root``), ``validation`` (or ``val``) ->
   ``data.val``; with a train channel and no validation channel, ``data.val=null`` splits
   ``data.val_fraction`` off the training images. A channel directory holds a Ground Truth manifest
@@ -47,12 +49,13 @@ from beedet.data.sources import detect_format
 from beedet.sagemaker.builtin_hyperparameters import NAMES as BUILTIN_NAMES
 from beedet.sagemaker.builtin_hyperparameters import log_notes as log_builtin_notes
 from beedet.sagemaker.builtin_hyperparameters import translate
-from beedet.sagemaker.environment import SageMakerEnvironment, SageMakerEnvironmentError
+from beedet.sagemaker.environment import SageMakerEnvironment, SageMakerEnvironmentError, running_under_sagemaker
 from beedet.sagemaker.hyperparameters import (
     EXPERIMENT_KEY,
     HyperparameterError,
     check_keys,
     config_keys,
+    decode_hyperparameters,
     hyperparameters_from_json,
     is_hyperparameter_argv,
     parse_hyperparameter_argv,
@@ -77,6 +80,14 @@ _TORCHRUN_VARIABLES = ("TORCHELASTIC_RUN_ID", "LOCAL_WORLD_SIZE")
 
 class SageMakerJobError(ValueError):
     """The training job's container cannot be mapped onto train.py; the message says how to fix it."""
+
+
+def script_arguments(argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
+    """train.py's Hydra arguments for its command line ``argv`` (without the script name):
+    :func:`sagemaker_argv` inside a SageMaker training job (``env``, default ``os.environ``, says
+    so), else :func:`local_arguments`. Exits with a message when the arguments cannot be mapped."""
+    env = os.environ if env is None else env
+    return sagemaker_argv(argv, env) if running_under_sagemaker(env) else local_arguments(argv)
 
 
 def sagemaker_argv(argv: Sequence[str], env: Mapping[str, str] | None = None) -> list[str]:
@@ -106,7 +117,8 @@ def job_arguments(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
     if not is_hyperparameter_argv(args):
         return args
     sm = SageMakerEnvironment.from_env(env)
-    hyperparameters = parse_hyperparameter_argv(args) if args else hyperparameters_from_json(sm.hyperparameters)
+    received = parse_hyperparameter_argv(args) if args else hyperparameters_from_json(sm.hyperparameters)
+    hyperparameters = _decoded(received, env)
     return hyperparameter_overrides(hyperparameters, lambda cfg, plain: job_overrides(sm, cfg, plain, env))
 
 
@@ -119,9 +131,19 @@ def local_arguments(argv: Sequence[str]) -> list[str]:
     if not args or not is_hyperparameter_argv(args) or any(a in _HYDRA_FLAGS for a in args[::2]):
         return args
     try:
-        return hyperparameter_overrides(parse_hyperparameter_argv(args))
+        return hyperparameter_overrides(_decoded(parse_hyperparameter_argv(args), os.environ))
     except HyperparameterError as exc:
         raise SystemExit(f"train.py: {exc}") from None
+
+
+def _decoded(received: Mapping[str, str], env: Mapping[str, str]) -> dict[str, str]:
+    """The job's hyperparameters as train.py's ``{key: value text}``; SageMaker's own names are
+    left out with a line on stderr (the job's log: logging is not set up before Hydra runs)."""
+    hyperparameters, reserved = decode_hyperparameters(received)
+    if reserved and env.get("RANK", "0") == "0":
+        print(f"SageMaker training job: ignoring SageMaker's own hyperparameters {', '.join(reserved)} "
+              "(they configure SageMaker, not train.py)", file=sys.stderr, flush=True)
+    return hyperparameters
 
 
 def hyperparameter_overrides(
