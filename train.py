@@ -26,12 +26,11 @@ import pytorch_lightning as pl
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from beedet.assembly import build_datamodule, build_network, build_system, build_trainer
-from beedet.evaluation.coco import record_box_areas, resolve_size_bins
-from beedet.reporting import final_metrics, hparams_for_logging, write_run_report
+from beedet.assembly import build_datamodule, build_system_for_data, build_trainer
+from beedet.reporting import count_threshold_source, hparams_for_logging, report_run
 from beedet.sagemaker.artifact import write_model_artifact
 from beedet.sagemaker.environment import SageMakerEnvironment, running_under_sagemaker
-from beedet.sagemaker.training_job import local_arguments, sagemaker_argv
+from beedet.sagemaker.training_job import script_arguments
 
 log = logging.getLogger("beedet.train")
 
@@ -48,15 +47,9 @@ def main(cfg: DictConfig) -> float:
     datamodule.load_labels()
     for split, report in datamodule.reports.items():
         log.info("%s data:\n%s", split, report)
-    (run_dir / "data_report.md").write_text("\n\n".join(r.to_markdown() for r in datamodule.reports.values()))
+    (run_dir / "data_report.md").write_text(datamodule.reports_markdown())
 
-    # Training box counts per class id: model.class_weight_power > 0 turns them into loss weights.
-    net = build_network(cfg.model, num_classes=datamodule.num_classes,
-                        class_counts=[datamodule.reports["train"].boxes_per_class[name] for name in datamodule.class_names])
-    # Size bins for validation AP: from the training boxes' areas, so they describe the bees the
-    # model learnt from and do not move with the validation data (saved in the checkpoint).
-    size_bins = resolve_size_bins(cfg.evaluation.size_bins, record_box_areas(datamodule.train_records))
-    system = build_system(cfg, net, datamodule.class_names, size_bins=size_bins)
+    system = build_system_for_data(cfg, datamodule)
     trainer = build_trainer(cfg)
     trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
@@ -64,39 +57,23 @@ def main(cfg: DictConfig) -> float:
     # evaluate.py on it must reproduce these numbers.
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     trainer.validate(system, datamodule=datamodule, ckpt_path=best or None, verbose=False)
-    threshold_source = (
-        "chosen on this validation split" if cfg.evaluation.count_threshold is None else "training config evaluation.count_threshold"
-    )
-    metrics = final_metrics(
-        system.last_metrics, checkpoint=best, counts=system.last_counts, oracle_counts=system.last_oracle_counts,
-        count_threshold_source=threshold_source,
-    )
     if trainer.is_global_zero:
-        write_run_report(
-            run_dir, metrics, system.class_names, [datamodule.reports["val"]], counts=system.last_counts,
-            pr_curves=system.last_metrics.pr_curves, title="beedet training run: best checkpoint on the validation split",
+        metrics = report_run(
+            run_dir, system.last_validation, system.class_names, [datamodule.reports["val"]], checkpoint=best,
+            count_threshold_source=count_threshold_source(cfg.evaluation.count_threshold),
+            title="beedet training run: best checkpoint on the validation split",
+            logger=trainer.logger, hparams=hparams_for_logging(cfg, HydraConfig.get().runtime.choices),
         )
-        if trainer.logger is not None:
-            final = {f"hp/{k}": metrics[k] for k in ("mAP", "AP50", "AP75")}
-            final["hp/count_MAE"] = metrics["counting"]["all"]["MAE"]
-            trainer.logger.log_hyperparams(hparams_for_logging(cfg, HydraConfig.get().runtime.choices), final)
-            trainer.logger.finalize("success")
         log.info("val mAP %.4f  AP50 %.4f  AP75 %.4f", metrics["mAP"], metrics["AP50"], metrics["AP75"])
         if running_under_sagemaker():
             # What SageMaker keeps as model.tar.gz: the checkpoint plus the serving code.
             write_model_artifact(SageMakerEnvironment.from_env().model_dir, best)
         print(f"run dir: {run_dir}")
-    return float(metrics["mAP"])
+    return float(system.last_validation.metrics.stats["mAP"])
 
 
 if __name__ == "__main__":
-    if running_under_sagemaker():
-        # A SageMaker training job passes `--key value` hyperparameters (or only `train`, to an
-        # image of its own) and says where data, checkpoints and outputs live in SM_* variables:
-        # all of it becomes Hydra overrides before Hydra parses the command line.
-        sys.argv[1:] = sagemaker_argv(sys.argv[1:])
-    else:
-        # `python train.py --base_network resnet-50 --epochs 2`: a SageMaker built-in detector job's
-        # hyperparameters (or beedet's own keys as --key value) run locally exactly as in a job.
-        sys.argv[1:] = local_arguments(sys.argv[1:])
+    # A SageMaker job's `--key value` hyperparameters and SM_* variables (or the same hyperparameters
+    # typed locally) become Hydra overrides before Hydra parses the command line.
+    sys.argv[1:] = script_arguments(sys.argv[1:])
     main()

@@ -8,7 +8,7 @@ match, and better scales and aspect ratios at the same compute.
 YOLO split folder (read by ``beedet.data.sources.source_for_path`` and checked as training checks
 it; image headers are read, not whole images). ``tile_size=N`` and ``max_images=N`` belong to this
 command; every other argument is a Hydra override of the real ``conf/`` (composed as
-``python -m beedet.models.summary`` does, so nothing is written).
+``python -m beedet.model_summary`` does, so nothing is written).
 
 Boxes are taken to the network's input scale S the way training sees them: by default the whole
 frame is squashed to S x S (x * S / W, y * S / H); with ``tile_size=N`` training crops N frame

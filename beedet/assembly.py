@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from beedet.checkpointing import AtomicCheckpointIO, load_checkpoint
 from beedet.data.datamodule import BeeDataModule
-from beedet.evaluation.coco import DEFAULT_MAX_DETECTIONS
+from beedet.evaluation.results import DEFAULT_MAX_DETECTIONS
+from beedet.evaluation.size_bins import record_box_areas, resolve_size_bins
 from beedet.losses import class_weights_from_counts
 from beedet.models.freezing import freeze_matching
 from beedet.system import DetectionModule
@@ -74,7 +75,7 @@ def build_system(
     """The LightningModule around ``net``; the resolved config rides along into checkpoints.
 
     ``size_bins``: inner area edges (px^2) of the validation size bins, derived from the training
-    data by the caller (``train.py``; ``cfg.evaluation.size_bins`` says how). ``cfg.evaluation``
+    data (:func:`build_system_for_data`; ``cfg.evaluation.size_bins`` says how). ``cfg.evaluation``
     gives ``max_detections`` and ``count_threshold``."""
     return DetectionModule(
         net=net,
@@ -87,6 +88,19 @@ def build_system(
         max_detections=cfg.evaluation.max_detections,
         count_threshold=cfg.evaluation.count_threshold,
     )
+
+
+def build_system_for_data(cfg: DictConfig, datamodule: BeeDataModule) -> DetectionModule:
+    """The network and its system, built for training on ``datamodule``'s loaded labels
+    (``load_labels`` first): its class map sizes the head, its training boxes per class become
+    loss weights (``model.class_weight_power``), and its training boxes' areas set the validation
+    size bins (``evaluation.size_bins``), so that they describe the bees the model learns from,
+    do not move with the validation data, and are saved in checkpoints."""
+    train_report = datamodule.reports["train"]
+    net = build_network(cfg.model, num_classes=datamodule.num_classes,
+                        class_counts=[train_report.boxes_per_class[name] for name in datamodule.class_names])
+    size_bins = resolve_size_bins(cfg.evaluation.size_bins, record_box_areas(datamodule.train_records))
+    return build_system(cfg, net, datamodule.class_names, size_bins=size_bins)
 
 
 def build_slicing(slicing_cfg: DictConfig | None) -> Slicing | None:
@@ -134,3 +148,20 @@ def load_system(ckpt_path: str | os.PathLike, slicing: DictConfig | None = None)
     )
     system.load_state_dict(checkpoint["state_dict"])
     return system.eval(), run_cfg
+
+
+# beedet.predict and beedet.serve run the network in float32 (float images, no autocast).
+SERVING_PRECISION = "32-true"
+
+
+def evaluation_precision(override: str | None, train_cfg: DictConfig) -> dict[str, str]:
+    """The Lightning precision to evaluate a checkpoint in, as metrics.json's ``precision``:
+    ``used``, ``source`` (``serving``, or ``override``: evaluate's ``precision=``) and ``training``
+    (the checkpoint's trainer.precision). Without an override it is :data:`SERVING_PRECISION`,
+    whatever the training run used, so the metrics describe the boxes users get from
+    ``beedet.predict`` and ``beedet.serve``."""
+    training = str(OmegaConf.select(train_cfg, "trainer.precision", default=None) or SERVING_PRECISION)
+    if override is not None:
+        return {"used": str(override), "source": "override", "training": training}
+    return {"used": SERVING_PRECISION, "source": "serving", "training": training}
+

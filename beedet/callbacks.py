@@ -6,8 +6,7 @@
 * ``CountPlot``: predicted against true objects per validation image, after every validation.
 
 What the callbacks need from the LightningModule (``beedet.system.DetectionModule`` has it; see
-``Detector``): ``class_names``, ``detect(images)``, ``last_metrics``, ``last_counts`` and
-``device``. From the data
+``Detector``): ``class_names``, ``detect(images)``, ``last_validation`` and ``device``. From the data
 module: ``train_dataloader()`` yielding ``(list[image], list[target])`` and ``val_dataset`` giving
 ``(image, target)``; images float (3, H, W) in [0, 1], targets ``{"boxes": (N, 4) xyxy pixels,
 "labels": (N,) 0-based class ids, ...}``.
@@ -39,7 +38,7 @@ NOMINAL_NUM_GT = 100
 
 
 class PRCurveLike(Protocol):
-    """One class's curve as pycocotools stores it (``beedet.evaluation.coco.PRCurve``): arrays of
+    """One class's curve as pycocotools stores it (``beedet.evaluation.results.PRCurve``): arrays of
     shape (R,) over COCO's recall thresholds. ``precision[i]`` is the interpolated precision at
     recall >= ``recall[i]`` (0 where that recall is never reached, -1 for a class without ground
     truth) and ``scores[i]`` the detection score where that recall is reached."""
@@ -56,14 +55,13 @@ class Detector(Protocol):
     * ``detect(images)`` takes float (3, H, W) images in [0, 1] on ``device`` and returns per image
       ``{"boxes": (N, 4) xyxy pixels of that image, "scores": (N,), "labels": int64 (N,) 0-based}``;
       it runs under no_grad in eval mode and restores the previous train/eval mode.
-    * ``last_metrics`` is set after each validation epoch on rank 0: an object with
-      ``pr_curves: dict[str, PRCurveLike]`` (``beedet.evaluation.coco.CocoMetrics``), or None.
-    * ``last_counts`` likewise: ``beedet.evaluation.counting.CountMetrics`` of that validation, or None.
+    * ``last_validation`` is set after each validation epoch: None, or an object with ``metrics``
+      (with ``pr_curves: dict[str, PRCurveLike]``) and ``counts`` (``CountMetrics``), as
+      ``beedet.evaluation.results.ValidationResult``; a new object after every validation.
     """
 
     class_names: list[str]
-    last_metrics: Any
-    last_counts: Any
+    last_validation: Any
     device: torch.device
 
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]: ...
@@ -211,7 +209,7 @@ class PRCurves(pl.Callback):
     produced new metrics (not the sanity check). Classes without ground truth are skipped.
 
     It runs in ``on_validation_end`` rather than ``on_validation_epoch_end``: Lightning calls
-    callbacks' epoch-end hooks *before* the module's, so ``last_metrics`` would still hold the
+    callbacks' epoch-end hooks *before* the module's, so ``last_validation`` would still hold the
     previous epoch there.
 
     Args:
@@ -228,7 +226,8 @@ class PRCurves(pl.Callback):
         if trainer.sanity_checking:
             return
         writer = tensorboard_writer(trainer)
-        metrics = cast(Detector, pl_module).last_metrics
+        result = cast(Detector, pl_module).last_validation
+        metrics = None if result is None else result.metrics
         # The same object again means validation produced no new metrics: do not repeat old ones.
         if writer is None or metrics is None or metrics is self._logged:
             return
@@ -250,7 +249,7 @@ class CountPlot(pl.Callback):
 
     Tag ``counting/val``, at the trainer's global step, after every validation that produced new
     counts (not the sanity check). Like ``PRCurves`` it runs in ``on_validation_end``, after the
-    module has computed ``last_counts``.
+    module has computed ``last_validation``.
     """
 
     def __init__(self) -> None:
@@ -260,7 +259,8 @@ class CountPlot(pl.Callback):
         if trainer.sanity_checking:
             return
         writer = tensorboard_writer(trainer)
-        counts = getattr(pl_module, "last_counts", None)
+        result = getattr(pl_module, "last_validation", None)
+        counts = None if result is None else result.counts
         # The same object again means validation produced no new counts: do not repeat old ones.
         if writer is None or counts is None or counts is self._logged:
             return

@@ -1,6 +1,6 @@
 """Evaluate any COCO-format detections: ``python -m beedet.cocoeval GT.json DETS.json``.
 
-Prints the COCO box metrics (pycocotools semantics, see ``beedet.evaluation.coco``) as JSON:
+Prints the COCO box metrics (pycocotools semantics, see ``beedet.evaluation.coco_metrics``) as JSON:
 the 12 stats at top level plus ``per_class_AP`` and ``per_class_AP50``. ``DETS.json`` is a list
 of results ``{image_id, category_id, bbox [x, y, w, h], score}`` or a dict whose
 ``annotations`` key holds that list. Exit status 0 on success, 2 on unusable input.
@@ -15,7 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from beedet.evaluation.coco import CocoFormatError, check_detections, check_ground_truth, evaluate_coco
+from beedet.evaluation.coco_json import CocoFormatError, check_detections, check_ground_truth
+from beedet.evaluation.coco_metrics import evaluate_coco
 
 
 def main(argv: Sequence[str] | None = None) -> int:

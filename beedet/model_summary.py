@@ -1,14 +1,18 @@
-"""A layer-by-layer summary of a detection network, like Keras' ``model.summary()``.
+"""The model-summary command: a layer-by-layer summary of a detection network, like Keras'
+``model.summary()``.
 
-    python -m beedet.models.summary                               # the default model (conf/train.yaml)
-    python -m beedet.models.summary model=ssd300_resnet50 num_classes=4 depth=4
-    python -m beedet.models.summary model=ssd512_resnet50 model.anchor_scales=[...]
+    python -m beedet.model_summary                               # the default model (conf/train.yaml)
+    python -m beedet.model_summary model=ssd300_resnet50 num_classes=4 depth=4
+    python -m beedet.model_summary model=ssd512_resnet50 model.anchor_scales=[...]
 
 ``num_classes`` (foreground classes, default 4 as in the synthetic and honeybee data) and
 ``depth`` (how many levels of the module tree to list, default 3) belong to this command; every
 other argument is a Hydra override of the real ``conf/`` (composed with Hydra's compose API, so no
 output directory is created). The network is built by ``beedet.assembly.build_network`` exactly
 as ``train.py`` builds it, then one blank image at its input size is run through it.
+
+It lives above ``beedet.models`` because it composes a whole config and builds the network through
+``beedet.assembly``; ``beedet.models`` itself imports nothing above it.
 """
 
 from __future__ import annotations

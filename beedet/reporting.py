@@ -1,5 +1,5 @@
-"""Run artifacts for people: metrics.json, report.md (with count_plot.png), and the hparams row
-in TensorBoard. train.py and evaluate.py both write them through :func:`write_run_report`."""
+"""Run artifacts for people: metrics.json, report.md (with count_plot.png and pr_curves.png), and
+the hparams row in TensorBoard. train.py and evaluate.py both write them through :func:`report_run`."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.loggers import Logger
 
 from beedet.data.report import DataReport
-from beedet.evaluation.coco import DEFAULT_MAX_DETECTIONS, CocoMetrics, PRCurve, pr_curve_plot, stat_keys
-from beedet.evaluation.counting import CountMetrics, count_plot
+from beedet.evaluation.counting import count_plot
+from beedet.evaluation.plots import pr_curve_plot
+from beedet.evaluation.results import DEFAULT_MAX_DETECTIONS, ValidationResult, stat_keys
 from beedet.visualize import save_image
 
 #: Next to report.md, which embeds it.
@@ -20,54 +22,77 @@ COUNT_PLOT_NAME = "count_plot.png"
 PR_PLOT_NAME = "pr_curves.png"
 
 
-def final_metrics(
-    metrics: CocoMetrics | None,
+def report_run(
+    run_dir: str | Path,
+    result: ValidationResult | None,
+    class_names: Sequence[str],
+    data_reports: Sequence[DataReport] = (),
     *,
     checkpoint: str = "",
-    counts: CountMetrics | None = None,
-    oracle_counts: CountMetrics | None = None,
     count_threshold_source: str = "",
+    title: str = "beedet evaluation",
+    extra: Mapping[str, Any] | None = None,
+    logger: Logger | None = None,
+    hparams: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The metrics.json payload: COCO stats at top level (mAP, AP50, AP75, ...), per-class AP,
-    ``size_bins`` and ``max_detections`` (:meth:`CocoMetrics.to_dict`), and with ``counts`` a
-    ``counting`` section: :meth:`CountMetrics.to_dict` plus ``threshold_source`` (where the
-    threshold came from) and ``oracle`` (threshold and overall errors of the best threshold for
-    these very images, for reference)."""
-    if metrics is None:
+    """Everything a finished training run or evaluation leaves for people, in ``run_dir``:
+    ``metrics.json`` (:func:`final_metrics` of ``result``, plus ``extra``), ``count_plot.png``,
+    ``pr_curves.png`` (per class at IoU 0.5) and ``report.md`` (:func:`metrics_markdown`,
+    embedding the plots, then ``data_reports``). With ``logger`` (TensorBoard), also the hparams
+    row: ``hparams`` against the final mAP, AP50, AP75 and count MAE (``hp/*``). Returns the
+    metrics.json payload. train.py and evaluate.py both end here."""
+    if result is None:
         raise RuntimeError("no validation metrics: did validation run on at least one image?")
-    payload = metrics.to_dict()
-    if counts is not None:
-        payload["counting"] = {**counts.to_dict(), "threshold_source": count_threshold_source}
-        if oracle_counts is not None:
-            payload["counting"]["oracle"] = {"threshold": oracle_counts.threshold, "all": dict(oracle_counts.overall)}
+    payload = {**final_metrics(result, checkpoint=checkpoint, count_threshold_source=count_threshold_source),
+               **(extra or {})}
+    run_dir = Path(run_dir)
+    (run_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
+    save_image(count_plot(result.counts), run_dir / COUNT_PLOT_NAME)
+    pr_curves = result.metrics.pr_curves
+    if pr_curves:
+        save_image(pr_curve_plot(pr_curves), run_dir / PR_PLOT_NAME)
+    text = metrics_markdown(payload, class_names, data_reports, title=title, count_plot=COUNT_PLOT_NAME,
+                            pr_plot=PR_PLOT_NAME if pr_curves else None)
+    (run_dir / "report.md").write_text(text)
+    if logger is not None:
+        final = {f"hp/{k}": payload[k] for k in ("mAP", "AP50", "AP75")}
+        final["hp/count_MAE"] = payload["counting"]["all"]["MAE"]
+        logger.log_hyperparams(dict(hparams or {}), final)
+        logger.finalize("success")
+    return payload
+
+
+def final_metrics(result: ValidationResult | None, *, checkpoint: str = "", count_threshold_source: str = "") -> dict[str, Any]:
+    """The metrics.json payload: COCO stats at top level (mAP, AP50, AP75, ...), per-class AP,
+    ``size_bins`` and ``max_detections`` (:meth:`CocoMetrics.to_dict`), and a ``counting``
+    section: :meth:`CountMetrics.to_dict` plus ``threshold_source`` (where the threshold came
+    from) and ``oracle`` (threshold and overall errors of the best threshold for these very
+    images, for reference)."""
+    if result is None:
+        raise RuntimeError("no validation metrics: did validation run on at least one image?")
+    payload = result.metrics.to_dict()
+    payload["counting"] = {**result.counts.to_dict(), "threshold_source": count_threshold_source}
+    payload["counting"]["oracle"] = {"threshold": result.oracle_counts.threshold, "all": dict(result.oracle_counts.overall)}
     if checkpoint:
         payload["checkpoint"] = checkpoint
     return payload
 
 
-def write_run_report(
-    run_dir: str | Path,
-    payload: Mapping[str, Any],
-    class_names: Sequence[str],
-    reports: Sequence[DataReport] = (),
-    *,
-    counts: CountMetrics | None = None,
-    pr_curves: Mapping[str, PRCurve] | None = None,
-    title: str = "beedet evaluation",
-) -> None:
-    """Write ``metrics.json`` (``payload``, see :func:`final_metrics`), ``count_plot.png`` (with
-    ``counts``), ``pr_curves.png`` (with ``pr_curves``, per class at IoU 0.5) and ``report.md``
-    (:func:`metrics_markdown`, embedding the plots) into ``run_dir``."""
-    run_dir = Path(run_dir)
-    (run_dir / "metrics.json").write_text(json.dumps(payload, indent=2))
-    if counts is not None:
-        save_image(count_plot(counts), run_dir / COUNT_PLOT_NAME)
-    if pr_curves:
-        save_image(pr_curve_plot(pr_curves), run_dir / PR_PLOT_NAME)
-    plot = COUNT_PLOT_NAME if counts is not None else None
-    text = metrics_markdown(payload, class_names, reports, title=title, count_plot=plot,
-                            pr_plot=PR_PLOT_NAME if pr_curves else None)
-    (run_dir / "report.md").write_text(text)
+def count_threshold_source(configured: float | None, *, checkpoint: bool = False, stored: float | None = None,
+                           override: float | None = None) -> str:
+    """Where a report's count threshold comes from, in words. ``configured``: the training
+    config's ``evaluation.count_threshold``; ``checkpoint``: the report evaluates a saved
+    checkpoint (evaluate.py), whose threshold is ``stored`` (None: it has none); ``override``:
+    evaluate.py's ``count_threshold``."""
+    if override is not None:
+        return "evaluate count_threshold override"
+    if not checkpoint:
+        return "chosen on this validation split" if configured is None else "training config evaluation.count_threshold"
+    if stored is None:
+        return "chosen on this data: the checkpoint has no count threshold"
+    if configured is None:
+        return "checkpoint: chosen on its training run's validation split"
+    return "checkpoint: fixed by its training config evaluation.count_threshold"
 
 
 def hparams_for_logging(cfg: DictConfig, choices: Mapping[str, str] | None = None) -> dict[str, Any]:

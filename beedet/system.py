@@ -26,8 +26,9 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from beedet.checkpointing import PAYLOAD_KEY, CheckpointPayload
 from beedet.data.records import ImageRecord
-from beedet.evaluation.coco import DEFAULT_MAX_DETECTIONS, CocoMetrics, evaluate_records
+from beedet.evaluation.coco_metrics import evaluate_records
 from beedet.evaluation.counting import CountMetrics, choose_count_threshold, count_metrics
+from beedet.evaluation.results import DEFAULT_MAX_DETECTIONS, CocoMetrics, ValidationResult
 from beedet.tiling import Slicing, detect_sliced
 
 OptimizerFactory = Callable[..., Optimizer]
@@ -52,15 +53,15 @@ class DetectionModule(pl.LightningModule):
             serving all go through :meth:`detect`, so they all slice alike. None: whole images.
         size_bins: inner edges (px^2 of the stored images, increasing) of the size bins whose AP
             and recall validation reports, usually the training boxes' area terciles
-            (``beedet.evaluation.coco.size_bin_edges``); None or empty: none. Saved in checkpoints.
+            (``beedet.evaluation.size_bins.size_bin_edges``); None or empty: none. Saved in checkpoints.
         max_detections: detections per image that COCO evaluation keeps (its largest maxDets).
         count_threshold: the score threshold for counting objects. None: after each validation,
             choose the one that counts best on that validation set
             (``beedet.evaluation.counting.choose_count_threshold``); a number: always apply it.
             The threshold in use is saved in checkpoints.
 
-    After each validation epoch ``last_metrics`` holds the COCO metrics, ``last_counts`` the count
-    errors at the threshold in use and ``last_oracle_counts`` those at the best threshold for that
+    After each validation epoch ``last_validation`` holds its :class:`ValidationResult`: the COCO
+    metrics, the count errors at the threshold in use and those at the best threshold for that
     validation set (the same object when ``count_threshold`` is None).
     """
 
@@ -86,9 +87,7 @@ class DetectionModule(pl.LightningModule):
         self.size_bins = [float(edge) for edge in size_bins] if size_bins else None
         self.max_detections = int(max_detections)
         self.count_threshold = None if count_threshold is None else float(count_threshold)
-        self.last_metrics: CocoMetrics | None = None
-        self.last_counts: CountMetrics | None = None
-        self.last_oracle_counts: CountMetrics | None = None
+        self.last_validation: ValidationResult | None = None
         self._val_outputs: list[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray]]] = []
 
     # ---- the label-convention boundary --------------------------------------------------------
@@ -161,26 +160,26 @@ class DetectionModule(pl.LightningModule):
         self._val_outputs = []
         if not outputs:
             return
-        self.last_metrics = self._evaluate(outputs)
-        self.last_counts, self.last_oracle_counts = self._count(outputs)
-        stats = self.last_metrics.stats
+        metrics = self._evaluate(outputs)
+        counts, oracle_counts = self._count(outputs)
+        self.last_validation = ValidationResult(metrics, counts, oracle_counts)
+        stats = metrics.stats
         # Every rank logs the same numbers (all ranks evaluated the gathered set), so checkpoint
         # and early-stopping callbacks agree across processes without another reduction.
         self.log("val/mAP", float(stats["mAP"]), prog_bar=True)
         self.log_dict({f"val/{k}": float(v) for k, v in stats.items() if k != "mAP"})
-        for name, ap in self.last_metrics.per_class_AP.items():
+        for name, ap in metrics.per_class_AP.items():
             if ap is not None:
                 self.log(f"val/AP/{name}", float(ap))
-        for name, ap in self.last_metrics.per_class_AP50.items():
+        for name, ap in metrics.per_class_AP50.items():
             if ap is not None:
                 self.log(f"val/AP50/{name}", float(ap))
-        for size_bin in self.last_metrics.size_bins:
+        for size_bin in metrics.size_bins:
             if size_bin.AP is not None:
                 self.log(f"val/AP_size/{size_bin.name}", float(size_bin.AP))
-        smallest = self.last_metrics.size_bins[0] if self.last_metrics.size_bins else None
+        smallest = metrics.size_bins[0] if metrics.size_bins else None
         if smallest is not None and smallest.recall50 is not None:
             self.log("val/recall50_smallest", float(smallest.recall50))
-        counts = self.last_counts
         self.log_dict({f"val/count/{key}": counts.overall[key] for key in ("MAE", "RMSE", "bias")})
         self.log("val/count/threshold", counts.threshold)
         self.log_dict({f"val/count_MAE/{name}": values["MAE"] for name, values in counts.per_class.items()})
@@ -222,6 +221,6 @@ class DetectionModule(pl.LightningModule):
             self.run_config or {},
             self.class_names,
             # The threshold in use: the configured one, or the one chosen on the latest validation.
-            count_threshold=self.count_threshold if self.last_counts is None else self.last_counts.threshold,
+            count_threshold=self.count_threshold if self.last_validation is None else self.last_validation.counts.threshold,
             size_bins=self.size_bins,
         ).to_plain()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -215,3 +216,22 @@ def save_image(image: Tensor, path: str | Path) -> Path:
     options = {"quality": 92} if fmt == "JPEG" else {}
     Image.fromarray(array).save(path, format=fmt, **options)
     return path
+
+
+def write_overlays(detector: Any, dataset: Any, records: Sequence[Any], folder: str | Path, count: int,
+                   score_threshold: float) -> list[Path]:
+    """Overlays (:func:`overlay_predictions`) of the first ``count`` images of ``dataset`` whose
+    ``records`` hold objects, written as ``folder/<index>_<file stem>.jpg`` (the index first:
+    images from different folders may share a name): misses and false positives at a glance.
+    ``detector`` has ``detect(images)`` and ``class_names`` (``beedet.system.DetectionModule``);
+    ``dataset[i]`` gives ``(image, target)`` for ``records[i]``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i in [i for i, record in enumerate(records) if record.num_boxes][:count]:
+        image, target = dataset[i]
+        (prediction,) = detector.detect([image])
+        drawn = overlay_predictions(image, target, prediction, detector.class_names, score_threshold)
+        written.append(save_image(drawn, folder / f"{i:05d}_{Path(records[i].image_path).stem}.jpg"))
+    return written
+

@@ -13,7 +13,7 @@ rounded to 2 decimals (many ties) and at most 100 detections per image (the dete
 Two comparisons, each timed from in-memory ground truth and detections to the 12 COCO stats:
 
 * **validation**: what ``DetectionModule`` does after each validation epoch,
-  ``beedet.evaluation.coco.evaluate_records(records, predictions)`` with per-image prediction
+  ``beedet.evaluation.coco_metrics.evaluate_records(records, predictions)`` with per-image prediction
   tensors. Records hold no crowd regions, so this ground truth has none.
 * **coco**: ``evaluate_coco(ground_truth, detections)`` on COCO dicts with crowd regions, the path
   of ``python -m beedet.cocoeval``.
@@ -243,13 +243,13 @@ def time_faster_coco_eval(ground_truth: dict, detections: list[dict], repeats: i
 
 
 def time_beedet_validation(records: list, predictions: list[dict], repeats: int, **settings: Any) -> Timing:
-    from beedet.evaluation.coco import evaluate_records
+    from beedet.evaluation.coco_metrics import evaluate_records
 
     return _timed(lambda: list(evaluate_records(records, predictions, CLASS_NAMES, **settings).stats.values()), repeats)
 
 
 def time_beedet_coco(ground_truth: dict, detections: list[dict], repeats: int) -> Timing:
-    from beedet.evaluation.coco import evaluate_coco
+    from beedet.evaluation.coco_metrics import evaluate_coco
 
     return _timed(lambda: list(evaluate_coco(ground_truth, detections).stats.values()), repeats)
 
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
     ]
     # For context: the settings validation runs with (conf/train.yaml): maxDets 1000, 3 size bins.
-    from beedet.evaluation.coco import record_box_areas, size_bin_edges
+    from beedet.evaluation.size_bins import record_box_areas, size_bin_edges
 
     wide = time_beedet_validation(
         records, predictions, args.repeats, max_detections=1000, area_bins=size_bin_edges(record_box_areas(records), 3)

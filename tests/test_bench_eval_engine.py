@@ -11,15 +11,9 @@ import pytest
 from conftest import REPO
 from test_metrics import STAT_KEYS, TOLERANCE, pycocotools_eval, reference_per_class
 
-from beedet.evaluation.coco import (
-    CocoMetrics,
-    evaluate_coco,
-    evaluate_records,
-    record_box_areas,
-    size_bin_edges,
-    size_bin_ranges,
-    stat_keys,
-)
+from beedet.evaluation.coco_metrics import evaluate_coco, evaluate_records
+from beedet.evaluation.results import CocoMetrics, stat_keys
+from beedet.evaluation.size_bins import record_box_areas, size_bin_edges, size_bin_ranges
 
 
 def assert_equals_pycocotools(metrics: CocoMetrics, evaluator) -> None:

@@ -26,7 +26,7 @@ RECALL = np.linspace(0.0, 1.0, 101)
 
 @dataclass
 class Curve:
-    """Stand-in for beedet.evaluation.coco.PRCurve."""
+    """Stand-in for beedet.evaluation.results.PRCurve."""
 
     recall: np.ndarray
     precision: np.ndarray
@@ -48,7 +48,7 @@ class FakeDetector(pl.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.class_names = list(NAMES)
-        self.last_metrics = None
+        self.last_validation = None
         self.offset = nn.Parameter(torch.zeros(()))
         self.validations = 0
 
@@ -78,7 +78,7 @@ class FakeDetector(pl.LightningModule):
             "bee": made_up_curve(max_recall=0.3 + 0.2 * self.validations, top_precision=0.9),
             "drone": Curve(RECALL.copy(), -np.ones(101), -np.ones(101)),  # no ground truth
         }
-        self.last_metrics = SimpleNamespace(pr_curves=curves)
+        self.last_validation = SimpleNamespace(metrics=SimpleNamespace(pr_curves=curves), counts=None)
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
@@ -168,7 +168,7 @@ def test_callbacks_write_previews_overlays_and_pr_curves(tmp_path):
     assert events.SummaryMetadata("pr_curve/bee").plugin_data.plugin_name == "pr_curves"
     (logged,) = events.Tensors("pr_curve/bee")
     assert logged.step == step
-    expected = tensorboard_pr_data(module.last_metrics.pr_curves["bee"])
+    expected = tensorboard_pr_data(module.last_validation.metrics.pr_curves["bee"])
     np.testing.assert_allclose(tensor_util.make_ndarray(logged.tensor_proto), expected, rtol=1e-6)
     assert tensor_util.make_ndarray(logged.tensor_proto)[5, 0] == pytest.approx(0.7)  # recall reached at epoch 1
 

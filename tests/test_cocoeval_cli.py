@@ -11,7 +11,8 @@ import pytest
 from test_metrics import STAT_KEYS, TOLERANCE, assert_matches_pycocotools, pycocotools_eval, random_case
 
 from beedet.cocoeval import main
-from beedet.evaluation.coco import CocoMetrics, evaluate_coco
+from beedet.evaluation.coco_metrics import evaluate_coco
+from beedet.evaluation.results import CocoMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,6 +22,7 @@ from beedet.evaluation.counting import (
     threshold_grid,
     true_counts,
 )
+from beedet.evaluation.results import ValidationResult
 from beedet.system import DetectionModule
 from beedet.visualize import save_image
 from conftest import TINY_SYNTHETIC, run_script
@@ -139,7 +140,7 @@ def test_module_counts_at_its_threshold_and_saves_it() -> None:
     assert applied.threshold == 0.1 and oracle.threshold == best != 0.1
     assert applied.overall["mean_pred"] == pytest.approx(7 / 3)  # every detection counts at 0.1
 
-    chosen.last_counts, checkpoint = applied, {}
+    chosen.last_validation, checkpoint = ValidationResult(None, applied, oracle), {}
     chosen.on_save_checkpoint(checkpoint)
     assert checkpoint["beedet"]["count_threshold"] == 0.1 and checkpoint["beedet"]["size_bins"] == [100.0, 400.0]
     unvalidated = {}

@@ -3,29 +3,14 @@ trained in, unless told otherwise, and says in metrics.json and report.md which 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import DictConfig, OmegaConf
 
-from conftest import CONF, REPO, run_script
-
-
-def load_evaluate():
-    """evaluate.py (a script beside the package, not a module of it) as a module."""
-    spec = importlib.util.spec_from_file_location("evaluate_under_test", REPO / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def evaluate():
-    return load_evaluate()
+from beedet.assembly import SERVING_PRECISION, evaluation_precision
+from conftest import CONF, run_script
 
 
 def train_config(precision: str | None) -> DictConfig:
@@ -33,17 +18,17 @@ def train_config(precision: str | None) -> DictConfig:
 
 
 @pytest.mark.parametrize("trained_in", ["bf16-mixed", "16-mixed", "32-true", None])
-def test_evaluation_defaults_to_the_serving_precision_whatever_training_used(evaluate, trained_in):
-    precision = evaluate.evaluation_precision(None, train_config(trained_in))
+def test_evaluation_defaults_to_the_serving_precision_whatever_training_used(trained_in):
+    precision = evaluation_precision(None, train_config(trained_in))
     assert precision == {"used": "32-true", "source": "serving", "training": trained_in or "32-true"}
 
 
-def test_a_precision_override_is_used_and_said(evaluate):
-    precision = evaluate.evaluation_precision("bf16-mixed", train_config("bf16-mixed"))
+def test_a_precision_override_is_used_and_said():
+    precision = evaluation_precision("bf16-mixed", train_config("bf16-mixed"))
     assert precision == {"used": "bf16-mixed", "source": "override", "training": "bf16-mixed"}
 
 
-def test_the_serving_precision_is_what_serving_runs_in(evaluate):
+def test_the_serving_precision_is_what_serving_runs_in():
     """beedet.serving.handlers.predict_fn feeds float32 to a float32 model with no autocast."""
     import torch
 
@@ -70,7 +55,7 @@ def test_the_serving_precision_is_what_serving_runs_in(evaluate):
 
     predict_fn(np.zeros((4, 4, 3), dtype=np.uint8), Detector(system=System(), score_threshold=0.5))
     assert seen == {"image": torch.float32, "weights": torch.float32, "autocast": False}
-    assert evaluate.SERVING_PRECISION == "32-true"
+    assert SERVING_PRECISION == "32-true"
 
 
 def test_evaluate_yaml_leaves_the_choice_to_evaluate_py():

@@ -1,4 +1,4 @@
-"""beedet.evaluation.coco must report exactly what pycocotools reports, only faster."""
+"""beedet.evaluation.coco_metrics must report exactly what pycocotools reports, only faster."""
 
 from __future__ import annotations
 
@@ -14,19 +14,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from beedet.data.records import ImageRecord
-from beedet.evaluation.coco import (
-    STAT_KEYS,
-    CocoFormatError,
-    CocoMetrics,
-    detections_to_coco,
-    evaluate_coco,
-    evaluate_records,
-    record_box_areas,
-    resolve_size_bins,
-    size_bin_edges,
-    size_bin_ranges,
-    stat_keys,
-)
+from beedet.evaluation.coco_json import CocoFormatError
+from beedet.evaluation.coco_metrics import detections_to_coco, evaluate_coco, evaluate_records
+from beedet.evaluation.results import STAT_KEYS, CocoMetrics, stat_keys
+from beedet.evaluation.size_bins import record_box_areas, resolve_size_bins, size_bin_edges, size_bin_ranges
 
 TOLERANCE = 1e-6
 

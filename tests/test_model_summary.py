@@ -1,4 +1,4 @@
-"""The model summary table (``beedet.models.summary``) and its command line."""
+"""The model summary table (``beedet.model_summary``) and its command line."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from beedet.models import ssd
-from beedet.models.summary import main, summarize
+from beedet.model_summary import main, summarize
 
 
 def _count(text: str, label: str) -> int:

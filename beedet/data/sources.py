@@ -28,8 +28,6 @@ from beedet.data.voc import read_voc
 from beedet.data.yolo import read_yolo
 
 FORMATS = ("auto", "manifest", "coco", "yolo", "recordio", "image-json", "label-studio", "voc")
-# The prefix the synthetic generator writes into source-ref, mapped back onto its root on reading.
-SYNTHETIC_S3_PREFIX = "s3://beedet-synthetic/"
 
 
 @dataclass
@@ -197,7 +195,7 @@ class SyntheticSource:
 
     def read(self) -> LabelSet:
         # Imported here: generating images is only needed when this source is actually read.
-        from beedet.data.synthetic import generate_split
+        from beedet.data.synthetic import SYNTHETIC_S3_PREFIX, generate_split
 
         manifest_path = generate_split(root=Path(self.root), split=self.split, num_images=self.num_images,
                                        image_size=self.image_size, seed=self.seed)

@@ -55,7 +55,6 @@ from PIL import Image, ImageFilter
 
 from beedet.data.manifest import write_manifest
 from beedet.data.records import ImageRecord, LabelSet
-from beedet.data.sources import SYNTHETIC_S3_PREFIX
 
 try:  # POSIX advisory locks; elsewhere the temporary-folder-and-rename protocol stands alone.
     import fcntl
@@ -66,6 +65,8 @@ CLASS_NAMES: tuple[str, ...] = ("bee", "drone", "pollenbee", "queen")
 # Share of objects per class id: workers dominate, rare castes are rare but learnable.
 CLASS_PROBS = np.array([0.70, 0.10, 0.15, 0.05])
 LABEL_ATTRIBUTE = "bee-boxes"
+# The prefix written into each manifest line's source-ref; SyntheticSource maps it back onto the root.
+SYNTHETIC_S3_PREFIX = "s3://beedet-synthetic/"
 # Bump when the drawing changes, so cached datasets from an older generator are redrawn.
 GENERATOR_VERSION = 3
 JPEG_QUALITY = 90

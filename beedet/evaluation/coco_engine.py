@@ -3,8 +3,9 @@
 
 :func:`evaluate_boxes` takes the boxes of all images at once and returns pycocotools' accumulated
 arrays (:class:`Accumulated`: ``precision`` and ``scores`` T x R x K x A x M, ``recall``
-T x K x A x M; -1 where a category has no ground truth in an area range). ``beedet.evaluation.coco``
-reads its summary numbers from them. The rules are pycocotools', step by step:
+T x K x A x M; -1 where a category has no ground truth in an area range).
+``beedet.evaluation.coco_metrics`` reads its summary numbers from them. The rules are
+pycocotools', step by step:
 
 * Per (image, category): detections sorted by score, highest first, ties in input order (a stable
   sort); only the best ``max(max_dets)`` count.

@@ -1,4 +1,6 @@
-"""COCO box metrics with pycocotools semantics, computed from arrays.
+"""COCO box metrics with pycocotools semantics, computed from arrays: the adapters between beedet's
+inputs (COCO dicts, or records and per-image predictions) and ``beedet.evaluation.coco_engine``,
+and the reading of the engine's arrays into a :class:`~beedet.evaluation.results.CocoMetrics`.
 
 ``beedet.evaluation.coco_engine`` runs pycocotools' matching and accumulation in numpy, straight
 from box arrays (no per-box dicts, no COCO index objects), and fills the same ``precision`` array
@@ -13,11 +15,15 @@ Two extensions of the COCO protocol, both off by default:
   ``max_detections`` best-scoring ones of an image and class are ignored. pycocotools' 100 silently drops
   bees on crowded hive frames (hundreds of bees). Every AP and every AR at "maxDets 100" in
   pycocotools is read at ``max_detections`` instead, and the summary key ``AR100`` is named
-  ``AR<max_detections>`` (:func:`stat_keys`). pycocotools' own ``summarize`` hard-codes 100 for
-  ``stats[0]`` and reports -1 there for any other maxDets; here mAP is read at ``max_detections``.
+  ``AR<max_detections>`` (:func:`beedet.evaluation.results.stat_keys`). pycocotools' own
+  ``summarize`` hard-codes 100 for ``stats[0]`` and reports -1 there for any other maxDets; here
+  mAP is read at ``max_detections``.
 * ``area_bins`` adds area ranges after COCO's all/small/medium/large (whose 32 px / 96 px edges
-  suit COCO objects, not bees): AP, AP50 and recall at IoU 0.5 per bin (:class:`SizeBin`). Each
+  suit COCO objects, not bees): AP, AP50 and recall at IoU 0.5 per bin
+  (:class:`~beedet.evaluation.results.SizeBin`; edges from ``beedet.evaluation.size_bins``). Each
   area range is evaluated on its own in COCO, so the standard numbers do not change.
+
+Malformed COCO input raises ``beedet.evaluation.coco_json.CocoFormatError`` naming the entry.
 
 Conventions shared with ``beedet.data.coco.to_coco_dict``:
 
@@ -29,8 +35,7 @@ Conventions shared with ``beedet.data.coco.to_coco_dict``:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -43,28 +48,12 @@ from beedet.evaluation.coco_engine import (
     GroundTruthBoxes,
     evaluate_boxes,
 )
+from beedet.evaluation.coco_json import CocoFormatError, check_detections, check_ground_truth, check_ground_truth_header
+from beedet.evaluation.results import DEFAULT_MAX_DETECTIONS, CocoMetrics, PRCurve, SizeBin, stat_keys
+from beedet.evaluation.size_bins import size_bin_ranges
 
 if TYPE_CHECKING:
-    import torch
-
     from beedet.data.records import ImageRecord
-
-#: The 12 pycocotools summary numbers, in the order of ``COCOeval.stats``, for the default
-#: ``max_detections=100``; :func:`stat_keys` gives them for another one.
-STAT_KEYS: tuple[str, ...] = (
-    "mAP",
-    "AP50",
-    "AP75",
-    "AP_small",
-    "AP_medium",
-    "AP_large",
-    "AR1",
-    "AR10",
-    "AR100",
-    "AR_small",
-    "AR_medium",
-    "AR_large",
-)
 
 # Indices into eval["precision"] / eval["scores"]: area range "all", the largest maxDets
 # (``max_detections``, pycocotools' 100 by default), IoU 0.5.
@@ -79,165 +68,6 @@ _COCO_AREA_RANGES: tuple[tuple[str, float, float], ...] = (
     ("medium", 32.0**2, 96.0**2),
     ("large", 96.0**2, 1e5**2),
 )
-_NO_UPPER_AREA = 1e5**2
-DEFAULT_MAX_DETECTIONS = 100
-
-_DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
-_GT_ANNOTATION_KEYS = ("id", "image_id", "category_id", "bbox", "area")
-
-
-def stat_keys(max_detections: int = DEFAULT_MAX_DETECTIONS) -> tuple[str, ...]:
-    """The 12 summary keys for ``maxDets = [1, 10, max_detections]``: :data:`STAT_KEYS` with
-    ``AR100`` named ``AR<max_detections>`` (AR1 and AR10 keep their names)."""
-    return tuple(f"AR{max_detections}" if key == "AR100" else key for key in STAT_KEYS)
-
-
-class CocoFormatError(ValueError):
-    """COCO ground truth or detections that cannot be evaluated. The message names the source."""
-
-
-@dataclass(frozen=True)
-class PRCurve:
-    """Interpolated precision of one class at IoU 0.5 (area all, maxDets ``max_detections``), as pycocotools
-    stores it: ``precision[i]`` is the precision at recall >= ``recall[i]`` and ``scores[i]`` the
-    detection score where that recall is reached (0 where the recall is never reached).
-    All three arrays have shape (101,)."""
-
-    recall: np.ndarray
-    precision: np.ndarray
-    scores: np.ndarray
-    #: Non-crowd ground-truth objects of the class: turns recall into true-positive counts.
-    num_gt: int = 0
-
-
-@dataclass(frozen=True)
-class SizeBin:
-    """AP and recall of the ground truth whose area lies in ``[min_area, max_area]`` (px^2 of the
-    stored images; COCO's ranges include both ends, so a box exactly on an edge counts in both
-    bins). Detections outside the range that match nothing are ignored, as in COCO's small/medium/
-    large. ``AP`` is AP@[.5:.95], ``AP50`` AP at IoU 0.5, ``recall50`` the recall at IoU 0.5 with
-    ``max_detections`` per image; each is averaged over the classes with ground truth in the bin
-    (pycocotools' AP/AR), None where the bin has no ground truth. ``num_gt`` counts its
-    (non-crowd) boxes over all classes."""
-
-    name: str
-    min_area: float
-    max_area: float
-    AP: float | None
-    AP50: float | None
-    recall50: float | None
-    num_gt: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "min_area": float(self.min_area),
-            "max_area": float(self.max_area),
-            "AP": _optional_float(self.AP),
-            "AP50": _optional_float(self.AP50),
-            "recall50": _optional_float(self.recall50),
-            "num_gt": int(self.num_gt),
-        }
-
-
-@dataclass
-class CocoMetrics:
-    """COCO box metrics.
-
-    ``stats`` has the keys of ``stat_keys(max_detections)`` (:data:`STAT_KEYS` for the default
-    100) with pycocotools' values, including -1 for an area bucket without ground truth.
-    ``per_class_AP`` (AP@[.5:.95]) and ``per_class_AP50`` map class name -> AP, or None for a
-    class without (non-crowd) ground truth. ``pr_curves`` holds the IoU-0.5 curve of every class
-    that has ground truth. ``size_bins`` holds one :class:`SizeBin` per requested area bin, from
-    the smallest boxes up (empty without ``area_bins``). Every number uses ``max_detections``
-    detections per image.
-    """
-
-    stats: dict[str, float]
-    per_class_AP: dict[str, float | None]
-    per_class_AP50: dict[str, float | None]
-    pr_curves: dict[str, PRCurve] = field(default_factory=dict)
-    size_bins: list[SizeBin] = field(default_factory=list)
-    max_detections: int = DEFAULT_MAX_DETECTIONS
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able summary: the stats at top level plus ``per_class_AP`` and ``per_class_AP50``;
-        with size bins also ``size_bins`` (a list of :meth:`SizeBin.to_dict`), and with another
-        maxDets than pycocotools' 100 also ``max_detections``. Plain COCO evaluation gives the
-        same keys as pycocotools' summary."""
-        summary: dict[str, Any] = {
-            **{key: float(value) for key, value in self.stats.items()},
-            "per_class_AP": {name: _optional_float(ap) for name, ap in self.per_class_AP.items()},
-            "per_class_AP50": {name: _optional_float(ap) for name, ap in self.per_class_AP50.items()},
-        }
-        if self.size_bins:
-            summary["size_bins"] = [size_bin.to_dict() for size_bin in self.size_bins]
-        if self.max_detections != DEFAULT_MAX_DETECTIONS:
-            summary["max_detections"] = int(self.max_detections)
-        return summary
-
-
-def size_bin_edges(areas: Sequence[float] | np.ndarray, n_bins: int = 3) -> list[float]:
-    """Inner edges (px^2) that split box ``areas`` into ``n_bins`` bins holding equal shares of
-    the boxes (terciles for 3): the (k / n_bins)-quantiles for k = 1..n_bins-1.
-
-    Pass the *training* boxes' areas in pixels of the stored images (:func:`record_box_areas`),
-    so that the bins describe the bee sizes the model was trained on and stay fixed across
-    evaluations. Repeated edges (many boxes of one size) are merged, so fewer than
-    ``n_bins - 1`` edges can come back; no areas give no edges (a single bin, "all").
-    """
-    if n_bins < 1:
-        raise ValueError(f"size bins: n_bins must be >= 1, got {n_bins}")
-    values = np.asarray(areas, dtype=np.float64).reshape(-1)
-    values = values[np.isfinite(values) & (values > 0)]
-    if values.size == 0 or n_bins == 1:
-        return []
-    edges = np.quantile(values, np.arange(1, n_bins) / n_bins)
-    return [float(edge) for edge in np.unique(edges) if edge > 0]
-
-
-def resolve_size_bins(spec: int | Sequence[float] | None, training_areas: Sequence[float] | np.ndarray) -> list[float] | None:
-    """The inner area edges (px^2) that a size-bin setting asks for (``evaluation.size_bins``): an
-    int n gives :func:`size_bin_edges` of the training boxes' areas with n bins, a list gives
-    itself (fixed edges, checked by :func:`size_bin_ranges`), None gives None (no size bins)."""
-    if spec is None:
-        return None
-    if isinstance(spec, bool):
-        raise TypeError(f"size bins: expected an int, a list of areas or null, got {spec!r}")
-    if isinstance(spec, (int, np.integer)):
-        return size_bin_edges(training_areas, int(spec))
-    edges = [float(edge) for edge in spec]
-    size_bin_ranges(edges)  # raises on edges that are not increasing positive areas
-    return edges
-
-
-def record_box_areas(records: Iterable[ImageRecord]) -> np.ndarray:
-    """float64 (N,): the area ``w * h`` in px^2 of every box of ``records`` (xyxy pixels of the
-    stored images), the same area their COCO ground truth gets (``beedet.data.coco``)."""
-    parts = [np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4) for r in records]
-    boxes = np.concatenate(parts) if parts else np.zeros((0, 4))
-    return (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-
-
-def size_bin_ranges(area_bins: Sequence[float]) -> list[tuple[str, float, float]]:
-    """``(name, min_area, max_area)`` of the bins that the inner edges ``area_bins`` (px^2,
-    increasing) make: [0, e1], [e1, e2], ..., [ek, no limit]. Names give the box side
-    sqrt(area) in pixels: ``0-31px``, ``31-52px``, ``over52px``."""
-    edges = [float(edge) for edge in area_bins]
-    if any(not np.isfinite(edge) or edge <= 0 for edge in edges) or any(b <= a for a, b in zip(edges, edges[1:])):
-        raise ValueError(f"area_bins must be increasing positive areas in px^2, got {list(area_bins)}")
-    if not edges:
-        return []
-    # Whole pixels unless two edges round to the same side length.
-    for decimals in range(4):
-        sides = [f"{np.sqrt(edge):.{decimals}f}" for edge in edges]
-        if len(set(sides)) == len(sides):
-            break
-    else:
-        raise ValueError(f"area_bins edges are too close to name apart: {edges}")
-    names = [f"{lo}-{hi}px" for lo, hi in zip(["0", *sides], sides)] + [f"over{sides[-1]}px"]
-    bounds = [0.0, *edges, _NO_UPPER_AREA]
-    return list(zip(names, bounds, bounds[1:]))
 
 
 def evaluate_coco(
@@ -258,9 +88,9 @@ def evaluate_coco(
     that ``categories`` lacks are ignored, as pycocotools ignores them.
 
     ``area_bins``: inner edges in px^2 (increasing) of extra size bins reported in
-    ``CocoMetrics.size_bins`` (see :func:`size_bin_ranges`, :func:`size_bin_edges`); None or
-    empty: none. ``max_detections`` (> 10): the best-scoring detections per image and class that
-    count, pycocotools' ``maxDets = [1, 10, max_detections]``; the key ``AR100`` becomes
+    ``CocoMetrics.size_bins`` (see ``beedet.evaluation.size_bins``); None or empty: none.
+    ``max_detections`` (> 10): the best-scoring detections per image and class that count,
+    pycocotools' ``maxDets = [1, 10, max_detections]``; the key ``AR100`` becomes
     ``AR<max_detections>``.
     """
     bins = _check_settings(area_bins, max_detections)
@@ -314,80 +144,6 @@ def evaluate_records(
     return _evaluate(truth, found, len(records), names, bins, int(max_detections))
 
 
-def check_ground_truth(ground_truth: Any, *, where: str = "ground truth") -> None:
-    """Raise :class:`CocoFormatError` naming ``where`` unless ``ground_truth`` is an evaluable
-    COCO dict (images, annotations and categories with the keys the evaluation reads)."""
-    _check_ground_truth_header(ground_truth, where)
-    _check_entries(ground_truth["annotations"], _GT_ANNOTATION_KEYS, f"{where}: annotations")
-    image_ids = {image["id"] for image in ground_truth["images"]}
-    _check_image_ids(ground_truth["annotations"], image_ids, f"{where}: annotations")
-
-
-def check_detections(
-    detections: Any,
-    *,
-    image_ids: Iterable[int],
-    category_ids: Iterable[int],
-    where: str = "detections",
-) -> None:
-    """Raise :class:`CocoFormatError` naming ``where`` unless ``detections`` is a list of COCO
-    results whose image and category ids exist in the ground truth.
-
-    pycocotools silently ignores unknown category ids; here they are an error, because they almost
-    always mean 0-based labels were written where COCO category ids (label + 1) belong.
-    """
-    if not isinstance(detections, list):
-        raise CocoFormatError(f"{where}: expected a list of detections, got {type(detections).__name__}")
-    _check_entries(detections, _DETECTION_KEYS, where)
-    _check_image_ids(detections, set(image_ids), where)
-    known = set(category_ids)
-    unknown = {d["category_id"] for d in detections} - known
-    if unknown:
-        raise CocoFormatError(
-            f"{where}: category id(s) {sorted(unknown)[:10]} are not ground-truth category ids {sorted(known)}"
-        )
-
-
-def _check_ground_truth_header(ground_truth: Any, where: str) -> None:
-    """Everything :func:`check_ground_truth` checks except the (many) annotations one by one."""
-    if not isinstance(ground_truth, dict):
-        raise CocoFormatError(f"{where}: expected a COCO dict, got {type(ground_truth).__name__}")
-    missing = [key for key in ("images", "annotations", "categories") if key not in ground_truth]
-    if missing:
-        raise CocoFormatError(f"{where}: missing top-level key(s) {missing}")
-    _check_entries(ground_truth["images"], ("id", "width", "height"), f"{where}: images")
-    _check_entries(ground_truth["categories"], ("id", "name"), f"{where}: categories")
-    if not isinstance(ground_truth["annotations"], list):
-        raise CocoFormatError(f"{where}: annotations: expected a list, got {type(ground_truth['annotations']).__name__}")
-    for key in ("id", "name"):  # per-class results are keyed by name, and categories by id
-        values = [category[key] for category in ground_truth["categories"]]
-        if len(set(values)) != len(values):
-            raise CocoFormatError(f"{where}: categories: duplicate {key}s in {values}")
-
-
-def _check_entries(entries: Any, keys: Sequence[str], where: str) -> None:
-    if not isinstance(entries, list):
-        raise CocoFormatError(f"{where}: expected a list, got {type(entries).__name__}")
-    required = frozenset(keys)
-    check_bbox = "bbox" in required
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise CocoFormatError(f"{where}[{index}]: expected an object, got {type(entry).__name__}")
-        if not entry.keys() >= required:
-            missing = [key for key in keys if key not in entry]
-            raise CocoFormatError(f"{where}[{index}]: missing key(s) {missing}")
-        if check_bbox and (not isinstance(entry["bbox"], (list, tuple)) or len(entry["bbox"]) != 4):
-            raise CocoFormatError(f"{where}[{index}]: bbox must be [x, y, w, h], got {entry['bbox']!r}")
-
-
-def _check_image_ids(entries: list[dict], image_ids: set[int], where: str) -> None:
-    unknown = {entry["image_id"] for entry in entries} - image_ids
-    if unknown:
-        raise CocoFormatError(
-            f"{where}: image id(s) {sorted(unknown)[:10]} ({len(unknown)} in all) are not in the ground-truth images"
-        )
-
-
 def _check_settings(area_bins: Sequence[float] | None, max_detections: int) -> list[tuple[str, float, float]]:
     """The extra area ranges of ``area_bins``; raises on settings COCO evaluation cannot use."""
     if int(max_detections) <= 10:
@@ -412,7 +168,7 @@ def _class_names(category_names: Sequence[str], class_names: Sequence[str] | Non
 def _coco_ground_truth(ground_truth: Any, where: str = "ground truth") -> tuple[GroundTruthBoxes, dict, dict, list[str]]:
     """The annotations as engine arrays, the image id -> image index and category id -> category
     index maps (ascending ids, as pycocotools numbers them) and the category names."""
-    _check_ground_truth_header(ground_truth, where)
+    check_ground_truth_header(ground_truth, where)
     categories = sorted(ground_truth["categories"], key=lambda c: c["id"])
     category_index = {category["id"]: k for k, category in enumerate(categories)}
     image_index = {image_id: i for i, image_id in enumerate(sorted({image["id"] for image in ground_truth["images"]}))}
@@ -643,42 +399,9 @@ def _mean_valid(values: np.ndarray) -> float | None:
     return float(valid.mean()) if valid.size else None
 
 
-def _optional_float(value: float | None) -> float | None:
-    return None if value is None else float(value)
-
-
 def _to_numpy(values: Any) -> np.ndarray:
     if hasattr(values, "detach"):  # torch.Tensor, possibly on an accelerator
         return values.detach().cpu().numpy()
     return np.asarray(values)
 
 
-def pr_curve_plot(curves: Mapping[str, PRCurve], *, size_inches: float = 4.5, dpi: int = 100) -> "torch.Tensor":
-    """Precision against recall at IoU 0.5, one line per class with ground truth (AP50 in the
-    legend). Returns uint8 (3, H, W) for ``beedet.visualize.save_image`` and TensorBoard.
-
-    Drawn with matplotlib's Agg canvas directly: no pyplot, no global backend switch.
-    """
-    import torch
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(size_inches, size_inches), dpi=dpi)
-    canvas = FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for name, curve in curves.items():
-        if curve.num_gt <= 0:
-            continue
-        precision = np.clip(curve.precision, 0.0, 1.0)  # pycocotools' -1: recall never reached
-        axes.plot(curve.recall, precision, linewidth=1.5, label=f"{name} (AP50 {precision.mean():.3f}, {curve.num_gt} gt)")
-    axes.set_xlim(0, 1)
-    axes.set_ylim(0, 1.02)
-    axes.set_xlabel("recall")
-    axes.set_ylabel("precision")
-    axes.set_title("precision-recall at IoU 0.5", fontsize=9)
-    if axes.lines:
-        axes.legend(loc="lower left", fontsize=7)
-    figure.tight_layout()
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())
-    return torch.from_numpy(np.ascontiguousarray(rgba[..., :3])).permute(2, 0, 1).contiguous()
