@@ -10,7 +10,6 @@ count_plot.png and pr_curves.png) and overlays/ into its run dir (printed last).
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import hydra
@@ -21,8 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from beedet.assembly import build_datamodule, evaluation_precision, load_system
 from beedet.reporting import count_threshold_source, report_run
 from beedet.visualize import write_overlays
-
-log = logging.getLogger("beedet.evaluate")
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
@@ -49,11 +46,9 @@ def main(cfg: DictConfig) -> float:
     trainer.validate(system, datamodule=datamodule, verbose=False)
     metrics = report_run(run_dir, system.last_validation, system.class_names, [datamodule.reports["val"]],
                          checkpoint=str(Path(cfg.ckpt).resolve()), count_threshold_source=source,
-                         extra={"precision": precision})
+                         title=f"beedet evaluation in {precision['used']} precision", extra={"precision": precision})
     write_overlays(system, datamodule.val_dataset, datamodule.val_records, run_dir / "overlays", cfg.num_overlays,
                    cfg.score_threshold)
-    log.info("mAP %.4f  AP50 %.4f  count MAE %.3f at score >= %.2f (%s), in %s", metrics["mAP"], metrics["AP50"],
-             metrics["counting"]["all"]["MAE"], metrics["counting"]["threshold"], source, precision["used"])
     print(f"run dir: {run_dir}")
     return float(metrics["mAP"])
 

@@ -4,6 +4,7 @@ the hparams row in TensorBoard. train.py and evaluate.py both write them through
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from beedet.evaluation.counting import count_plot
 from beedet.evaluation.plots import pr_curve_plot
 from beedet.evaluation.results import DEFAULT_MAX_DETECTIONS, ValidationResult, stat_keys
 from beedet.visualize import save_image
+
+log = logging.getLogger("beedet.report")
 
 #: Next to report.md, which embeds it.
 COUNT_PLOT_NAME = "count_plot.png"
@@ -54,12 +57,23 @@ def report_run(
     text = metrics_markdown(payload, class_names, data_reports, title=title, count_plot=COUNT_PLOT_NAME,
                             pr_plot=PR_PLOT_NAME if pr_curves else None)
     (run_dir / "report.md").write_text(text)
+    counting = payload["counting"]
+    log.info("%s: mAP %.4f  AP50 %.4f  AP75 %.4f  count MAE %.3f at score >= %.2f (%s)", title, payload["mAP"],
+             payload["AP50"], payload["AP75"], counting["all"]["MAE"], counting["threshold"], count_threshold_source)
     if logger is not None:
         final = {f"hp/{k}": payload[k] for k in ("mAP", "AP50", "AP75")}
         final["hp/count_MAE"] = payload["counting"]["all"]["MAE"]
         logger.log_hyperparams(dict(hparams or {}), final)
         logger.finalize("success")
     return payload
+
+
+def report_data(run_dir: str | Path, reports: Mapping[str, DataReport]) -> None:
+    """Log each split's data report and write them all to ``run_dir/data_report.md``, train first:
+    what was read, and every record that was clipped or skipped, before any training time is spent."""
+    for split, report in reports.items():
+        log.info("%s data:\n%s", split, report)
+    (Path(run_dir) / "data_report.md").write_text("\n\n".join(report.to_markdown() for report in reports.values()))
 
 
 def final_metrics(result: ValidationResult | None, *, checkpoint: str = "", count_threshold_source: str = "") -> dict[str, Any]:

@@ -47,7 +47,7 @@ inherit it; calling ``cv2.setNumThreads`` inside a forked worker can deadlock on
 used OpenCV's thread pool).
 
 Also measured, in this process with one thread: decoding alone (``beedet.data.images.load_image``
-and ``load_image_reduced``), the issue's "where we stand" numbers.
+and ``load_image_reduced``), the numbers the input pipeline was first measured at.
 
 Where a worker's time goes (cProfile and per-step timers, beedet_ssd300, this 2-core VM): the
 reduced decode (open, header, DCT-scaled decode, copy out of PIL) 5-6 ms per frame against 10-11

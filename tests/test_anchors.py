@@ -24,7 +24,7 @@ from beedet.anchors import (
 )
 from beedet.data.records import ImageRecord
 from beedet.models.ssd import input_size
-from conftest import compose_config
+from helpers import compose_config
 
 
 def test_a_box_equal_to_an_anchor_has_iou_one() -> None:

@@ -20,7 +20,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from conftest import CONF, compose_config
+from helpers import CONF, compose_config
 
 from beedet.serving.app import DEFAULT_INFERENCE_TIMEOUT_S, create_app
 from beedet.serving.handlers import Detector

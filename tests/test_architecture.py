@@ -213,3 +213,17 @@ def test_the_checks_catch_a_cycle_and_an_upward_arrow(tmp_path: Path) -> None:
     arrows = import_graph(package)
     assert import_cycles(arrows) == [["beedet.a", "beedet.b"], ["beedet.c", "beedet.d"]]
     assert upward_arrows(arrows) == ["beedet.models.net:4 imports beedet.a"]
+
+
+def test_entry_scripts_read_top_to_bottom() -> None:
+    """train.py and evaluate.py stay short: the work lives in beedet/ (assembly builds, reporting
+    writes). evaluate.py knows nothing of SageMaker; train.py only hands its `--key value`
+    arguments to SageMaker's script-mode decoding, because SageMaker starts train.py itself."""
+    repo = PACKAGE_ROOT.parent
+    for script in ("train.py", "evaluate.py"):
+        lines = (repo / script).read_text().splitlines()
+        assert len(lines) < 60, f"{script} has {len(lines)} lines"
+    evaluate_imports = [a.target for a in imports_of("evaluate", repo / "evaluate.py", set(beedet_modules()))]
+    assert not [m for m in evaluate_imports if m.startswith("beedet.sagemaker")]
+    train_imports = [a.target for a in imports_of("train", repo / "train.py", set(beedet_modules()))]
+    assert [m for m in train_imports if m.startswith("beedet.sagemaker")] == ["beedet.sagemaker.training_job"]

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from beedet.assembly import build_augment
 from beedet.augment import build_pipeline
-from conftest import CONF, compose_config
+from helpers import CONF, compose_config
 
 PRESETS = sorted(path.stem for path in (CONF / "augment").glob("*.yaml"))
 FRAME_SIZES = [(1080, 1920), (1714, 2560), (250, 275), (31, 47), (256, 256), (600, 400)]

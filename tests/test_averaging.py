@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from beedet.averaging import ExponentialMovingAverage
-from conftest import TINY_SYNTHETIC, overriding, run_script
+from helpers import TINY_SYNTHETIC, overriding, run_script
 
 
 def test_the_decay_ramps_up_from_following_the_model_to_averaging_it() -> None:

@@ -8,7 +8,7 @@ import importlib
 import json
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 from test_metrics import STAT_KEYS, TOLERANCE, pycocotools_eval, reference_per_class
 
 from beedet.evaluation.coco_metrics import evaluate_coco, evaluate_records

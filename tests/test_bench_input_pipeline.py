@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 PIPELINES = {"torchvision_ssd", "beedet_ssd300", "beedet_ssd300_full_decode", "beedet_ssd300_cached", "beedet_tiled",
              "beedet_tiled_cached"}

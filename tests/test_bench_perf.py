@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers import REPO
 
 
 def run_bench(script: str, *args: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, dict]:

@@ -149,7 +149,7 @@ def test_image_format_channels_read_back_with_the_boxes_put_in(tmp_path: Path) -
 def test_built_in_channels_become_the_data_sources(tmp_path: Path) -> None:
     """A job given the built-in detector's channels (image format for train, RecordIO for
     validation) trains on them with no beedet-specific settings."""
-    from conftest import compose_config
+    from helpers import compose_config
 
     from beedet.assembly import build_datamodule
     from beedet.sagemaker.training_job import job_arguments

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import compose_config, run_script
+from helpers import compose_config, run_script
 
 from beedet.sagemaker.builtin_hyperparameters import (
     BUILTIN_HYPERPARAMETERS,
@@ -185,7 +185,7 @@ def test_relative_early_stopping_needs_the_relative_gain():
 
 
 def test_num_classes_below_the_data_is_refused(tmp_path):
-    from conftest import TINY_SYNTHETIC
+    from helpers import TINY_SYNTHETIC
 
     from beedet.assembly import build_datamodule
     from beedet.data.records import DataError

@@ -24,7 +24,7 @@ from beedet.checkpointing import (
     load_checkpoint,
     untrusted_targets,
 )
-from conftest import CONF, REPO, TINY_SYNTHETIC, compose_config
+from helpers import CONF, REPO, TINY_SYNTHETIC, compose_config
 
 CLASSES = ["bee", "drone", "pollenbee", "queen"]
 

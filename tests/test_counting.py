@@ -25,7 +25,7 @@ from beedet.evaluation.counting import (
 from beedet.evaluation.results import ValidationResult
 from beedet.system import DetectionModule
 from beedet.visualize import save_image
-from conftest import TINY_SYNTHETIC, run_script
+from helpers import TINY_SYNTHETIC, run_script
 
 NAMES = ["bee", "drone"]
 

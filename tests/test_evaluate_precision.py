@@ -10,7 +10,7 @@ import pytest
 from omegaconf import DictConfig, OmegaConf
 
 from beedet.assembly import SERVING_PRECISION, evaluation_precision
-from conftest import CONF, run_script
+from helpers import CONF, run_script
 
 
 def train_config(precision: str | None) -> DictConfig:

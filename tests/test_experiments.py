@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CONF, TINY_SYNTHETIC, compose_config, overriding, run_script
+from helpers import CONF, TINY_SYNTHETIC, compose_config, overriding, run_script
 
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 

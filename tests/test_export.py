@@ -25,7 +25,7 @@ import torch
 from beedet.assembly import load_system
 from beedet.data.synthetic import draw_image, image_rng
 from beedet.export import export_checkpoint
-from conftest import run_script
+from helpers import run_script
 
 
 def frames(input_size: int) -> list[torch.Tensor]:
@@ -74,6 +74,7 @@ def torchscript_cli_export(tiny_checkpoint, tmp_path_factory):
     return run_dir / "detector.pt", proc.stdout
 
 
+@pytest.mark.slow
 def test_torchscript_matches_detect(torchscript_cli_export, eager):
     _, images, expected = eager
     path, _ = torchscript_cli_export
@@ -84,6 +85,7 @@ def test_torchscript_matches_detect(torchscript_cli_export, eager):
     assert len(expected[0]["scores"]) > 0, "the test frames should give detections to compare"
 
 
+@pytest.mark.slow
 def test_cli_writes_model_and_metadata(torchscript_cli_export, eager, tiny_checkpoint):
     system, _, _ = eager
     path, stdout = torchscript_cli_export
@@ -103,6 +105,7 @@ def test_cli_writes_model_and_metadata(torchscript_cli_export, eager, tiny_check
     assert json.loads(extra["beedet.json"]) == metadata
 
 
+@pytest.mark.slow
 def test_onnx_matches_detect(tiny_checkpoint, eager, tmp_path):
     _, images, expected = eager
     path = tmp_path / "detector.onnx"
@@ -120,6 +123,7 @@ def test_onnx_matches_detect(tiny_checkpoint, eager, tmp_path):
         assert_same_detections({"boxes": boxes, "scores": scores, "labels": labels}, want, box_atol=1e-3, score_atol=1e-4)
 
 
+@pytest.mark.slow
 def test_onnx_fixed_image_size(tiny_checkpoint, eager, tmp_path):
     """image_size=[H, W] fixes the graph's input shape; boxes are still that image's pixels."""
     _, images, expected = eager

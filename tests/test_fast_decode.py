@@ -34,7 +34,7 @@ from beedet.assembly import build_augment, build_datamodule
 from beedet.augment import build_pipeline
 from beedet.data.dataset import DecodedFrameCache, DetectionDataset, collate_detection, reduced_decode_size
 from beedet.data.images import find_images, load_image, load_image_reduced
-from conftest import compose_config
+from helpers import compose_config
 
 WORKLOAD_MEAN_LEVELS = 2.0  # uint8 levels (x/255)
 WORKLOAD_FRAME_LEVELS = 5.0

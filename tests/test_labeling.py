@@ -181,7 +181,7 @@ def test_pascal_voc_reads_back_and_converts(frames, tmp_path):
 
 def test_train_config_reads_a_label_studio_export(frames, tmp_path):
     """``data=files`` points training at an export: the real config, composed and instantiated."""
-    from conftest import compose_config
+    from helpers import compose_config
 
     from beedet.assembly import build_datamodule
 

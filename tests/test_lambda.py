@@ -24,7 +24,7 @@ from botocore.exceptions import ReadTimeoutError
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from conftest import REPO
+from helpers import REPO
 
 from beedet.serving.local_server import free_port
 

@@ -21,7 +21,7 @@ from beedet.losses import (
     class_weights_from_counts,
 )
 from beedet.models import ssd
-from conftest import TINY_SYNTHETIC, compose_config, overriding, run_script
+from helpers import TINY_SYNTHETIC, compose_config, overriding, run_script
 
 NUM_CLASSES = 4
 REAL_BOX_COUNTS = [5168, 109, 568, 55]  # bee, drone, pollenbee, queen in the real training labels

@@ -12,7 +12,7 @@ from torchvision.models.detection.ssd import SSD
 from beedet.assembly import build_network
 from beedet.models import ssd
 from beedet.models.backbones import feature_map_sizes
-from conftest import CONF, compose_config
+from helpers import CONF, compose_config
 
 NUM_CLASSES = 4
 MODEL_CONFIGS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))

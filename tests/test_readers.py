@@ -205,7 +205,7 @@ def test_synthetic_source_reads_what_the_generator_writes(tmp_path: Path, monkey
                        label_attribute="bee-boxes", s3_prefix="s3://beedet-synthetic/", image_root=root)
         return path
 
-    monkeypatch.setitem(sys.modules, "beedet.data.synthetic", types.SimpleNamespace(generate_split=generate_split))
+    monkeypatch.setitem(sys.modules, "beedet.data.synthetic", types.SimpleNamespace(generate_split=generate_split, SYNTHETIC_S3_PREFIX="s3://beedet-synthetic/"))
     source = SyntheticSource(root=str(tmp_path), split="val", num_images=1, image_size=32, seed=7)
     label_set = source.read()
     assert calls == [(tmp_path, "val", 1, 32, 7)]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY_SYNTHETIC, overriding, run_script
+from helpers import REPO, TINY_SYNTHETIC, overriding, run_script
 
 pytestmark = pytest.mark.slow
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import compose_config
+from helpers import compose_config
 
 from beedet.data.synthetic import generate_split
 from beedet.sagemaker.training_job import job_arguments, sagemaker_argv

@@ -10,7 +10,7 @@ import socket
 import tarfile
 
 import pytest
-from conftest import compose_config
+from helpers import compose_config
 
 ACCOUNT_SETTINGS = [
     "sagemaker.region=eu-west-1",

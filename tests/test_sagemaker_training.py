@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, compose_config, run_script
+from helpers import REPO, compose_config, run_script
 
 from beedet.data.synthetic import generate_split
 from beedet.sagemaker.artifact import (

@@ -13,7 +13,7 @@ from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
 
 from beedet.assembly import build_datamodule
 from beedet.data.sampling import RepeatFactorSampler, epoch_length, repeat_factors
-from conftest import TINY_SYNTHETIC, compose_config, overriding
+from helpers import TINY_SYNTHETIC, compose_config, overriding
 
 # Ten images, four classes: class 0 in 8 images, class 1 in 2, class 2 in 1, class 3 in none;
 # image 9 has no boxes.

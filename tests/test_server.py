@@ -17,7 +17,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from conftest import SERVER_MAX_BODY_BYTES, SERVER_MAX_PIXELS
+from helpers import SERVER_MAX_BODY_BYTES, SERVER_MAX_PIXELS
 
 MAX_BODY_BYTES = SERVER_MAX_BODY_BYTES
 MAX_PIXELS = SERVER_MAX_PIXELS
@@ -48,11 +48,13 @@ def client(server):
         yield http
 
 
+@pytest.mark.slow
 def test_ping(client):
     reply = client.get("/ping")
     assert reply.status_code == 200 and reply.json() == {"status": "ok"}
 
 
+@pytest.mark.slow
 def test_a_bee_frame_in_every_content_type_gets_one_answer(client, honeybee_mini):
     jpeg = bee_frame(honeybee_mini).read_bytes()
     reply = client.post("/invocations", content=jpeg, headers={"Content-Type": "image/jpeg"})
@@ -71,6 +73,7 @@ def test_a_bee_frame_in_every_content_type_gets_one_answer(client, honeybee_mini
     assert rows and all(len(row) == 6 and 0 <= min(row[2:]) and max(row[2:]) <= 1 for row in rows)
 
 
+@pytest.mark.slow
 def test_boto3_sagemaker_runtime_client_calls_it_as_an_endpoint(server, client, honeybee_mini, monkeypatch, tmp_path):
     import boto3
     from botocore.config import Config
@@ -124,6 +127,7 @@ BAD_REQUESTS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", BAD_REQUESTS, ids=str)
 def test_bad_requests_get_a_4xx_json_error_and_the_server_goes_on(client, case):
     method, path, kwargs, status, message = BAD_REQUESTS[case]
@@ -136,12 +140,14 @@ def test_bad_requests_get_a_4xx_json_error_and_the_server_goes_on(client, case):
     assert client.get("/ping").status_code == 200
 
 
+@pytest.mark.slow
 def test_a_truncated_frame_is_a_400(client, honeybee_mini):
     jpeg = bee_frame(honeybee_mini).read_bytes()
     reply = client.post("/invocations", content=jpeg[: len(jpeg) // 2], headers={"Content-Type": "image/jpeg"})
     assert reply.status_code == 400 and "truncated" in reply.json()["error"]
 
 
+@pytest.mark.slow
 def test_a_concurrent_burst_with_bad_requests_among_it_all_answered(server, honeybee_mini):
     """16 frames and 4 garbage payloads, 4 requests in flight at a time, loopback only: every frame
     gets the same answer as when sent alone, every garbage payload its 400, nothing else fails."""
@@ -186,6 +192,7 @@ def test_the_server_needs_exactly_one_model(tmp_path):
             model_checkpoint(ckpt, model_dir)
 
 
+@pytest.mark.slow
 def test_a_server_that_cannot_start_says_why(tmp_path):
     from beedet.serving.local_server import ServerStartError, running_server
 

@@ -75,6 +75,7 @@ def test_handlers_have_the_toolkits_signatures():
     assert counts == {"model_fn": 1, "input_fn": 2, "predict_fn": 2, "output_fn": 2}
 
 
+@pytest.mark.slow
 def test_model_fn_loads_the_artifacts_checkpoint_at_its_count_threshold(detector, tiny_checkpoint):
     checkpoint = torch.load(tiny_checkpoint, map_location="cpu", weights_only=False)
     assert detector.class_names == checkpoint["beedet"]["class_names"]
@@ -88,6 +89,7 @@ def test_model_fn_says_what_the_folder_holds_instead(tmp_path):
         model_fn(str(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_jpeg_frame_gets_beedet_json_as_beedet_predict_writes_it(detector, honeybee_mini):
     frame = bee_frame(honeybee_mini)
     body, content_type = output_fn(predict_fn(input_fn(frame.read_bytes(), "image/jpeg"), detector), "application/json")
@@ -107,6 +109,7 @@ def test_a_jpeg_frame_gets_beedet_json_as_beedet_predict_writes_it(detector, hon
         assert det["class"] == detector.class_names[det["label"]] and det["score"] >= detector.score_threshold
 
 
+@pytest.mark.slow
 def test_every_content_type_carries_the_same_image(detector, honeybee_mini):
     frame = bee_frame(honeybee_mini)
     jpeg = frame.read_bytes()
@@ -125,6 +128,7 @@ def test_every_content_type_carries_the_same_image(detector, honeybee_mini):
     np.testing.assert_array_equal(input_fn({"image": b64}, "application/json"), pixels)
 
 
+@pytest.mark.slow
 def test_boxes_are_in_pixels_of_the_image_as_displayed(detector):
     """A portrait phone photo: stored 64x32 with EXIF orientation 6, displayed 32 wide, 64 high."""
     exif = Image.Exif()
@@ -134,6 +138,7 @@ def test_boxes_are_in_pixels_of_the_image_as_displayed(detector):
     assert (answer["width"], answer["height"]) == (32, 64)
 
 
+@pytest.mark.slow
 def test_verbose_is_the_builtin_detectors_format(detector, honeybee_mini):
     prediction = predict_fn(input_fn(bee_frame(honeybee_mini).read_bytes(), "image/jpeg"), detector)
     body, content_type = output_fn(prediction, "application/json;verbose")
@@ -231,6 +236,7 @@ def test_only_photo_formats_are_decoded():
     assert caught.value.status_code == 400
 
 
+@pytest.mark.slow
 def test_a_model_artifacts_inference_py_answers_a_bee_frame_on_its_own(tiny_checkpoint, detector, honeybee_mini, tmp_path):
     """What SageMaker's PyTorch container does with a training job's model.tar.gz: code/ on sys.path,
     import inference, model_fn(model_dir), then one request, in a fresh interpreter that imports

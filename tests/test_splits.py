@@ -13,7 +13,7 @@ from hydra.errors import InstantiationException
 from beedet.assembly import build_datamodule
 from beedet.data.records import DataError, ImageRecord
 from beedet.data.splits import compile_group_pattern, group_key, leaked_val_images, subset, train_val_split
-from conftest import compose_config
+from helpers import compose_config
 
 
 def _records(n: int) -> list[ImageRecord]:

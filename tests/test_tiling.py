@@ -18,7 +18,7 @@ from torch import nn
 
 from beedet.system import DetectionModule
 from beedet.tiling import Slicing, detect_sliced, merge_detections, tile_grid, tile_starts
-from conftest import TINY_SYNTHETIC, overriding, run_script
+from helpers import TINY_SYNTHETIC, overriding, run_script
 
 WIDTH, HEIGHT = 1920, 1080
 SLICING = Slicing(tile_size=300, overlap=96)

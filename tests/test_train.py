@@ -10,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from beedet.checkpointing import load_checkpoint
-from conftest import TINY_SYNTHETIC, overriding, run_script
+from helpers import TINY_SYNTHETIC, overriding, run_script
 
 pytestmark = pytest.mark.slow
 

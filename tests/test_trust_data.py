@@ -266,7 +266,7 @@ def test_inspect_cli_reports_outside_paths_and_takes_allow_outside_root(escaping
 
 def test_data_allow_outside_root_is_a_config_key_threaded_into_the_sources(honeybee_mini: Path) -> None:
     from beedet.assembly import build_datamodule
-    from conftest import CONF, compose_config
+    from helpers import CONF, compose_config
 
     manifest = honeybee_mini / "train.manifest"
     for name, extra in (("honeybee", [f"data.root={honeybee_mini}"]),
@@ -315,7 +315,7 @@ def test_the_default_limit_is_one_constant_shared_with_serving() -> None:
     # The configs that spell it out (a YAML file cannot import the constant) say the same.
     from omegaconf import OmegaConf
 
-    from conftest import CONF
+    from helpers import CONF
 
     for name in ("predict.yaml", "serve.yaml", "data/synthetic.yaml", "data/honeybee.yaml", "data/files.yaml"):
         assert OmegaConf.load(CONF / name).max_pixels == DEFAULT_MAX_PIXELS, name

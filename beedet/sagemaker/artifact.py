@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+import pytorch_lightning as pl
 import torch
 
 import beedet
@@ -47,6 +48,23 @@ from {HANDLERS_MODULE} import {", ".join(HANDLER_NAMES)}
 
 __all__ = {list(HANDLER_NAMES)!r}
 '''
+
+
+class ModelArtifact(pl.Callback):
+    """Writes the model artifact (:func:`write_model_artifact`) of the run's best checkpoint
+    (``trainer.checkpoint_callback.best_model_path``, else the last one saved) into ``model_dir``
+    when fitting ends, on global rank 0. A SageMaker training job adds it (``job_overrides`` in
+    ``beedet.sagemaker.training_job``) with its ``SM_MODEL_DIR``: what SageMaker keeps as
+    model.tar.gz is the checkpoint plus the serving code."""
+
+    def __init__(self, model_dir: str) -> None:
+        self.model_dir = model_dir
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        callback = trainer.checkpoint_callback
+        best = (callback.best_model_path or callback.last_model_path) if callback is not None else ""
+        if trainer.is_global_zero and best:
+            write_model_artifact(self.model_dir, best)
 
 
 def write_model_artifact(model_dir: str | os.PathLike, checkpoint: str | os.PathLike,

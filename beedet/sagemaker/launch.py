@@ -59,7 +59,7 @@ LAUNCH_KEYS = frozenset({
     "environment", "wait", "tensorboard",
 })
 # Where the job's checkpoints live inside the container; SageMaker syncs it with the checkpoint
-# S3 URI (both ways: down when a spot job restarts). train.py resumes from here (the contract).
+# S3 URI (both ways: down when a spot job restarts). train.py resumes from here (ckpt_path=last).
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 # Where train.py writes TensorBoard logs on SageMaker (beedet.sagemaker.environment), synced to S3.
 TENSORBOARD_LOCAL_PATH = "/opt/ml/output/tensorboard"

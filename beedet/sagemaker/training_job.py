@@ -215,6 +215,10 @@ def job_overrides(sm: SageMakerEnvironment, cfg: DictConfig, hyperparameters: Ma
     logger = cfg.get("logger")
     if logger and "save_dir" in logger and unset("logger.save_dir") and unset("logger.name"):
         overrides += [f"logger.save_dir={_quote(sm.tensorboard_dir.parent)}", f"logger.name={_quote(sm.tensorboard_dir.name)}"]
+    if cfg.get("callbacks") is not None:
+        # What SageMaker keeps as model.tar.gz: the best checkpoint plus the serving code.
+        artifact = {"_target_": "beedet.sagemaker.artifact.ModelArtifact", "model_dir": str(sm.model_dir)}
+        overrides.append(f"+callbacks.sagemaker_model_artifact={_hydra_dict(artifact)}")
     overrides += _channel_overrides(sm.channels, hyperparameters)
     if len(sm.hosts) > 1 and unset("trainer.num_nodes"):
         if not any(env.get(name) for name in _TORCHRUN_VARIABLES):
