@@ -10,6 +10,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from helpers import compose_config, run_script
@@ -126,7 +127,7 @@ def _channel(root: Path, split: str, images: int) -> Path:
 
 
 @pytest.mark.slow
-def test_the_documentation_example_trains_unedited_as_a_job(tmp_path):
+def test_the_documentation_example_trains_unedited_as_a_job(tmp_path, monkeypatch):
     import torchvision
 
     ml = tmp_path / "opt" / "ml"
@@ -158,6 +159,18 @@ def test_the_documentation_example_trains_unedited_as_a_job(tmp_path):
     system, cfg = load_system(ml / "model" / "model.ckpt")
     assert len(system.class_names) == 20 and system.class_names[:4] == ["bee", "drone", "pollenbee", "queen"]
     assert cfg.model.depth == 50 and cfg.model.pretrained_backbone is True and cfg.data.batch_size == 32
+    # Trained with the built-in's names, its endpoint answers plain application/json as the built-in's
+    # did; beedet's own JSON is one Accept parameter away, and the endpoint variable can choose.
+    from beedet.serving.handlers import load_detector, output_fn, predict_fn
+
+    detector = load_detector(ml / "model" / "model.ckpt", device="cpu")
+    assert detector.json_format == "builtin"
+    prediction = predict_fn(np.zeros((64, 96, 3), dtype=np.uint8), detector)
+    body, content_type = output_fn(prediction, "application/json")
+    assert content_type == "application/json" and set(json.loads(body)) == {"prediction"}
+    assert "detections" in json.loads(output_fn(prediction, "application/json;format=beedet")[0])
+    monkeypatch.setenv("BEEDET_JSON_FORMAT", "beedet")
+    assert load_detector(ml / "model" / "model.ckpt", device="cpu").json_format == "beedet"
 
 
 def test_freeze_pattern_freezes_matching_parameters_and_refuses_mxnet_names():

@@ -210,6 +210,8 @@ def test_image_reaches_the_endpoint_byte_for_byte(handler, stub):
         ("application/x-image", "text/html, application/json;verbose", "application/x-image", "application/json;verbose"),
         ("image/jpeg", "application/json;verbose;q=0.5, application/json", "image/jpeg", "application/json"),
         ("image/jpeg", "text/html,application/xhtml+xml,*/*;q=0.8", "image/jpeg", "application/json"),  # a browser
+        ("image/jpeg", "application/json; format=builtin", "image/jpeg", "application/json;format=builtin"),
+        ("image/jpeg", "application/json;format=beedet", "image/jpeg", "application/json;format=beedet"),
     ],
 )
 def test_content_type_and_accept_negotiation(handler, stub, content_type, accept, sent_type, sent_accept):

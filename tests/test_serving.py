@@ -24,6 +24,7 @@ from beedet.data.images import load_image
 from beedet.detections import detections_document, score_threshold_for
 from beedet.serving import handlers
 from beedet.serving.handlers import (
+    Prediction,
     RequestError,
     answer_format,
     decode_request,
@@ -159,24 +160,58 @@ def test_verbose_is_the_builtin_detectors_format(detector, honeybee_mini):
 
 
 @pytest.mark.parametrize(("accept", "chosen"), [
-    (None, "application/json"),
-    ("", "application/json"),
-    ("*/*", "application/json"),
-    ("application/*", "application/json"),
-    ("application/json", "application/json"),
-    ("APPLICATION/JSON;VERBOSE", "application/json;verbose"),
-    ("application/json;q=0.2, application/json;verbose", "application/json;verbose"),
-    ("application/json;verbose;q=0.1, application/json;q=0.9", "application/json"),
+    (None, ("application/json", "beedet")),
+    ("", ("application/json", "beedet")),
+    ("*/*", ("application/json", "beedet")),
+    ("application/*", ("application/json", "beedet")),
+    ("application/json", ("application/json", "beedet")),
+    ("APPLICATION/JSON;VERBOSE", ("application/json;verbose", "builtin")),
+    ("application/json;q=0.2, application/json;verbose", ("application/json;verbose", "builtin")),
+    ("application/json;verbose;q=0.1, application/json;q=0.9", ("application/json", "beedet")),
+    ("application/json;format=builtin", ("application/json", "builtin")),
+    ("application/jsonlines", ("application/jsonlines", "beedet")),
+    ("application/jsonlines;format=builtin", ("application/jsonlines", "builtin")),
 ])
 def test_accept_negotiation(accept, chosen):
     assert answer_format(accept) == chosen
+
+
+@pytest.mark.parametrize(("accept", "chosen"), [
+    (None, ("application/json", "builtin")),
+    ("*/*", ("application/json", "builtin")),
+    ("application/json", ("application/json", "builtin")),
+    ("application/json;format=beedet", ("application/json", "beedet")),
+    ("application/jsonlines", ("application/jsonlines", "builtin")),
+])
+def test_a_builtin_endpoint_answers_plain_json_as_the_builtin_did(accept, chosen):
+    assert answer_format(accept, "builtin") == chosen
+
+
+def _fake_prediction(json_format: str) -> Prediction:
+    return Prediction(width=200, height=100, boxes=torch.tensor([[10.0, 20.0, 50.0, 60.0], [0.0, 0.0, 20.0, 10.0]]),
+                      scores=torch.tensor([0.2, 0.9]), labels=torch.tensor([1, 0]), class_names=["bee", "drone"],
+                      score_threshold=0.5, json_format=json_format)
+
+
+def test_output_documents_for_each_format_and_json_lines():
+    builtin = _fake_prediction("builtin")
+    body, content_type = output_fn(builtin, "application/json")
+    assert content_type == "application/json"
+    assert json.loads(body) == {"prediction": [[0.0, 0.9, 0.0, 0.0, 0.1, 0.1], [1.0, 0.2, 0.05, 0.2, 0.25, 0.6]]}
+    mine = json.loads(output_fn(builtin, "application/json;format=beedet")[0])
+    assert [d["class"] for d in mine["detections"]] == ["bee"] and mine["counts"] == {"bee": 1, "drone": 0}
+    # Batch transform: one document per line, newline-terminated, whatever the document.
+    lines, content_type = output_fn(_fake_prediction("beedet"), "application/jsonlines")
+    assert content_type == "application/jsonlines" and lines.endswith(b"\n") and lines.count(b"\n") == 1
+    assert json.loads(lines) == json.loads(output_fn(_fake_prediction("beedet"), "application/json")[0])
 
 
 @pytest.mark.parametrize("accept", ["text/html", "image/png, text/csv", "application/json;q=0"])
 def test_an_accept_without_either_format_is_406(accept):
     with pytest.raises(RequestError) as caught:
         answer_format(accept)
-    assert caught.value.status_code == 406 and "application/json;verbose" in str(caught.value)
+    assert caught.value.status_code == 406 and "format=builtin" in str(caught.value)
+    assert "application/jsonlines" in str(caught.value)
 
 
 def test_request_errors_look_like_the_toolkits():

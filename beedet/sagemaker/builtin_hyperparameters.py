@@ -220,6 +220,8 @@ def translate(hyperparameters: Mapping[str, str], *, default_epochs: int) -> Tra
 
     # The built-in algorithm's metric names too, so a tuning job's objective (validation:mAP) still reads.
     out.append("callbacks.metric_log_lines.builtin_names=true")
+    # And its endpoint's answer to plain application/json, so the clients written for it keep working.
+    out.append("endpoint_json=builtin")
     return Translation(out, dict(remaining), notes)
 
 

@@ -119,12 +119,13 @@ def create_app(detector: Detector, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYT
         try:
             # Header checks first: a wrong Content-Type or Accept costs no body read and no decode.
             content_type = request.headers.get("content-type")
-            chosen = answer_format(request.headers.get("accept"))
+            accept = request.headers.get("accept") or ""
+            answer_format(accept, detector.json_format)  # a 406 before the body is read
             body = await _read_body(request, max_body_bytes)
             image = await anyio.to_thread.run_sync(lambda: decode_request(body, content_type, max_pixels=max_pixels),
                                                    limiter=decoding)
             prediction = await run_model(image)
-            answer, answer_type = output_fn(prediction, chosen)
+            answer, answer_type = output_fn(prediction, accept)
         except RequestError as err:
             log.warning("refused a request (%d): %s", err.status_code, err.message)
             return _error(err.status_code, err.message)

@@ -17,9 +17,16 @@ Request (``Content-Type``):
   base64 is ignored and a ``data:image/...;base64,`` prefix is allowed.
 
 Response (``Accept``):
-  ``application/json`` (also a missing Accept, ``*/*``, ``application/*``): beedet JSON, the
-  detections at or above the detector's score threshold (by default the checkpoint's count
-  threshold, as ``beedet.predict``; see ``beedet.detections``)::
+  ``application/json`` (also a missing Accept, ``*/*``, ``application/*``): the detector's JSON
+  format (:attr:`Detector.json_format`): ``beedet`` unless the model was trained with the built-in
+  algorithm's hyperparameter names (its config's ``endpoint_json``) or the endpoint's
+  ``BEEDET_JSON_FORMAT`` variable says ``builtin``. ``application/json;format=beedet`` and
+  ``application/json;format=builtin`` ask for one by name.
+  ``application/jsonlines``: the same document on one line ending in a newline, what a batch
+  transform job (``AssembleWith=Line``) writes per record.
+
+  beedet JSON: the detections at or above the detector's score threshold (by default the checkpoint's
+  count threshold, as ``beedet.predict``; see ``beedet.detections``)::
 
       {"width": W, "height": H,
        "detections": [{"box": [x1, y1, x2, y2], "label": 0, "class": "bee", "score": 0.93}, ...],
@@ -27,11 +34,12 @@ Response (``Accept``):
 
   with boxes in pixels of the image as sent (after EXIF orientation) and ``label`` the 0-based class
   id (0 is the first real class, not background).
-  ``application/json;verbose``: the SageMaker built-in Object Detection algorithm's format, so
-  clients written for it keep working: ``{"prediction": [[class_id, score, xmin, ymin, xmax, ymax],
+  builtin (also ``application/json;verbose``, the JumpStart spelling): the SageMaker built-in Object
+  Detection algorithm's format, so clients written for it keep working: ``{"prediction": [[class_id, score, xmin, ymin, xmax, ymax],
   ...]}`` with class_id a float (``0.0`` is the first class, "bee"), coordinates divided by the image's width and
   height (0..1), every detection the model made, highest score first: like the built-in
-  algorithm, it leaves the thresholding to the client. The answer's Content-Type is the format chosen.
+  algorithm, it leaves the thresholding to the client. The answer's Content-Type is the media type
+  chosen (``application/json`` or ``application/jsonlines``).
 
 Errors raise :class:`RequestError` with an HTTP status: 400 (not an image, truncated or corrupt,
 bad JSON or base64, empty body), 413 (more pixels than ``max_pixels``: a decompression bomb),
@@ -79,6 +87,12 @@ except ImportError:  # elsewhere: the same constructor and attributes
 
 JSON = "application/json"
 VERBOSE_JSON = "application/json;verbose"
+JSONLINES = "application/jsonlines"
+# The two JSON documents an endpoint answers with (module docstring).
+BEEDET_FORMAT, BUILTIN_FORMAT = "beedet", "builtin"
+JSON_FORMATS = (BEEDET_FORMAT, BUILTIN_FORMAT)
+# The endpoint variable that chooses the answer to plain application/json at deploy time.
+JSON_FORMAT_VARIABLE = "BEEDET_JSON_FORMAT"
 IMAGE_CONTENT_TYPES = ("image/jpeg", "image/png", "application/x-image")
 CONTENT_TYPES = (*IMAGE_CONTENT_TYPES, JSON)
 # Pillow decoders a request may use; the others (PSD, ICNS, FLI, ...) are attack surface, not bee photos.
@@ -102,11 +116,17 @@ class RequestError(_StatusError):
 
 @dataclass
 class Detector:
-    """What :func:`model_fn` returns: a trained system in eval mode, on its device, and the score
-    threshold of its beedet JSON answers."""
+    """What :func:`model_fn` returns: a trained system in eval mode, on its device, the score
+    threshold of its beedet JSON answers, and ``json_format``, the document plain
+    ``application/json`` gets (``beedet`` or ``builtin``)."""
 
     system: DetectionModule
     score_threshold: float
+    json_format: str = BEEDET_FORMAT
+
+    def __post_init__(self) -> None:
+        if self.json_format not in JSON_FORMATS:
+            raise ValueError(f"json_format must be one of {JSON_FORMATS}, got {self.json_format!r}")
 
     @property
     def class_names(self) -> list[str]:
@@ -130,17 +150,22 @@ class Prediction:
     labels: torch.Tensor
     class_names: list[str]
     score_threshold: float
+    json_format: str = BEEDET_FORMAT
 
 
 def load_detector(ckpt: str | os.PathLike, *, slicing: DictConfig | None = None, score_threshold: float | None = None,
-                  device: str | torch.device | None = None) -> Detector:
+                  device: str | torch.device | None = None, json_format: str | None = None) -> Detector:
     """A :class:`Detector` from a beedet checkpoint. ``slicing``: a ``conf/slicing`` config replacing
     the checkpoint's (None keeps it); ``score_threshold``: None means the checkpoint's count
-    threshold (``beedet.detections.score_threshold_for``); ``device``: None picks CUDA when there is one."""
-    system, _ = load_system(ckpt, slicing)
+    threshold (``beedet.detections.score_threshold_for``); ``device``: None picks CUDA when there is
+    one; ``json_format``: None means the ``BEEDET_JSON_FORMAT`` variable, else the checkpoint config's
+    ``endpoint_json``, else beedet."""
+    system, run_cfg = load_system(ckpt, slicing)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     threshold = score_threshold if score_threshold is not None else score_threshold_for(system.count_threshold)
-    return Detector(system=system.to(device), score_threshold=float(threshold))
+    if json_format is None:
+        json_format = os.environ.get(JSON_FORMAT_VARIABLE) or run_cfg.get("endpoint_json") or BEEDET_FORMAT
+    return Detector(system=system.to(device), score_threshold=float(threshold), json_format=str(json_format).lower())
 
 
 def checkpoint_in(model_dir: str | os.PathLike) -> Path:
@@ -204,47 +229,54 @@ def predict_fn(data: np.ndarray, model: Detector) -> Prediction:
         width=int(data.shape[1]), height=int(data.shape[0]),
         boxes=detections["boxes"].float().cpu(), scores=detections["scores"].float().cpu(),
         labels=detections["labels"].long().cpu(), class_names=list(model.class_names),
-        score_threshold=model.score_threshold,
+        score_threshold=model.score_threshold, json_format=model.json_format,
     )
 
 
-def answer_format(accept: str | None) -> str:
-    """:data:`JSON` or :data:`VERBOSE_JSON` for an Accept header (media ranges weighed by their q
-    values, the first of equals wins); raises :class:`RequestError` 406 when it allows neither."""
+def answer_format(accept: str | None, json_format: str = BEEDET_FORMAT) -> tuple[str, str]:
+    """``(Content-Type, document)`` for an Accept header: the Content-Type :data:`JSON`,
+    :data:`VERBOSE_JSON` (asked for so) or :data:`JSONLINES`, the document ``beedet`` or ``builtin`` (``json_format`` where the header
+    names none). Media ranges are weighed by their q values, the first of equals wins; raises
+    :class:`RequestError` 406 when the header allows none of them."""
     if accept is None or not accept.strip():
-        return JSON
+        return JSON, json_format
     best, best_q = None, 0.0
     for item in accept.split(","):
         media, *params = [part.strip().lower() for part in item.split(";")]
-        q, verbose = 1.0, False
+        q, document, verbose = 1.0, json_format, False
         for param in params:
             key, _, value = param.partition("=")
-            if key.strip() == "q":
+            key, value = key.strip(), value.strip().strip('"')
+            if key == "q":
                 try:
                     q = float(value)
                 except ValueError:
                     q = 0.0
-            elif key.strip() == "verbose":
-                verbose = True
-        if media == JSON:
-            offer = VERBOSE_JSON if verbose else JSON
+            elif key == "verbose":
+                document, verbose = BUILTIN_FORMAT, True
+            elif key == "format" and value in JSON_FORMATS:
+                document = value
+        if media in (JSON, JSONLINES):
+            # ;verbose (JumpStart's spelling) comes back as the Content-Type, as clients of it expect.
+            offer = (VERBOSE_JSON if verbose and media == JSON else media, document)
         elif media in ("*/*", "application/*"):
-            offer = JSON
+            offer = (JSON, json_format)
         else:
             continue
         if q > best_q:
             best, best_q = offer, q
     if best is None:
-        raise RequestError(406, f"unsupported Accept {accept!r}: the detector answers {JSON} (beedet JSON) "
-                                f"or {VERBOSE_JSON} (the SageMaker built-in detector's format)")
+        raise RequestError(406, f"unsupported Accept {accept!r}: the detector answers {JSON} ({json_format} JSON; "
+                                f"{JSON};format=beedet or {JSON};format=builtin to choose) or {JSONLINES}")
     return best
 
 
 def output_fn(prediction: Prediction, accept: str) -> tuple[bytes, str]:
     """The answer's bytes and Content-Type in the format ``accept`` asks for (module docstring)."""
-    chosen = answer_format(accept)
-    document = verbose_document(prediction) if chosen == VERBOSE_JSON else beedet_document(prediction)
-    return json.dumps(document, separators=(",", ":")).encode("utf-8"), chosen
+    media, kind = answer_format(accept, prediction.json_format)
+    document = verbose_document(prediction) if kind == BUILTIN_FORMAT else beedet_document(prediction)
+    text = json.dumps(document, separators=(",", ":"))
+    return (text + "\n" if media == JSONLINES else text).encode("utf-8"), media
 
 
 def beedet_document(prediction: Prediction) -> dict:

@@ -194,7 +194,8 @@ def parse_request(event: Any) -> EndpointRequest:
 
 
 def negotiate_accept(header: str | None) -> str:
-    """The answer format for an Accept header: ``application/json`` or ``application/json;verbose``.
+    """The answer format for an Accept header: ``application/json``, ``application/json;verbose``, or
+    ``application/json;format=beedet`` / ``;format=builtin`` (the endpoint's two documents by name).
 
     Media ranges are weighed by their q values (first wins a tie); raises BadRequest when none is
     one of the two formats or a wildcard that covers application/json.
@@ -204,7 +205,7 @@ def negotiate_accept(header: str | None) -> str:
     best, best_q = None, 0.0
     for item in header.split(","):
         media, *params = [part.strip().lower() for part in item.split(";")]
-        q, flags = 1.0, set()
+        q, flags, document = 1.0, set(), None
         for param in params:
             name, _, value = param.partition("=")
             if name.strip() == "q":
@@ -212,10 +213,12 @@ def negotiate_accept(header: str | None) -> str:
                     q = float(value)
                 except ValueError:
                     q = 0.0
+            elif name.strip() == "format" and value.strip().strip('"') in ("beedet", "builtin"):
+                document = value.strip().strip('"')
             elif name.strip():
                 flags.add(name.strip())
         if media == JSON_TYPE:
-            offer = VERBOSE_JSON if "verbose" in flags else JSON_TYPE
+            offer = VERBOSE_JSON if "verbose" in flags else (f"{JSON_TYPE};format={document}" if document else JSON_TYPE)
         elif media in ("*/*", "application/*"):
             offer = JSON_TYPE
         else:
