@@ -170,8 +170,7 @@ def test_built_in_channels_become_the_data_sources(tmp_path: Path) -> None:
     env = {"SAGEMAKER_BASE_DIR": str(ml), "SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1"}
 
     cfg = compose_config(job_arguments([], env), run_dir=tmp_path / "run")
-    assert cfg.data.train._target_ == "beedet.data.sources.ImageJsonSource"
-    assert cfg.data.val._target_ == "beedet.data.sources.RecordIOSource"
+    assert (cfg.data.train.fmt, cfg.data.val.fmt) == ("image-json", "recordio")
     datamodule = build_datamodule(cfg.data)
     datamodule.load_labels()
     assert datamodule.class_names == ["bee", "drone"]

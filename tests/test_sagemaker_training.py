@@ -234,11 +234,14 @@ def test_channel_layouts(tmp_path):
     coco = tmp_path / "coco"
     coco.mkdir()
     (coco / "instances.json").touch()
-    assert channel_source(coco, "train", "train") == {"_target_": "beedet.data.sources.CocoSource",
-                                                      "path": str(coco / "instances.json"), "image_root": str(coco)}
+    # One format detector (beedet.data.sources.detect_format) and one builder (source_for_path).
+    assert channel_source(coco, "train", "train") == {
+        "_target_": "beedet.data.sources.source_for_path", "path": str(coco / "instances.json"), "fmt": "coco",
+        "image_root": str(coco), "allow_outside_root": "${data.allow_outside_root}"}
     yolo = tmp_path / "yolo"
     (yolo / "images").mkdir(parents=True)
-    assert channel_source(yolo, "train", "train")["images"] == str(yolo / "images")
+    assert channel_source(yolo, "train", "train")["path"] == str(yolo / "images")
+    assert channel_source(yolo, "train", "train")["fmt"] == "yolo"
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").touch()

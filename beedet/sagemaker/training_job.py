@@ -18,7 +18,8 @@ How the container becomes overrides (each skipped when the job's hyperparameters
   ``code`` and ``sm_drivers``, or ``test``) are not training data and are left alone.
 * **outputs**: ``run_dir=$SM_OUTPUT_DATA_DIR`` (metrics.json, report.md, data_report.md, .hydra/:
   SageMaker packs them into ``output.tar.gz``); TensorBoard events go to
-  ``$SM_OUTPUT_DIR/tensorboard``, the path a TensorBoardOutputConfig uploads to S3 while the job runs.
+  ``$SM_OUTPUT_DIR/tensorboard/<job name>``, under the path a TensorBoardOutputConfig uploads to S3
+  while the job runs, so TensorBoard names the run after the job.
 * **spot training**: ``paths.checkpoint_dir`` is the job's checkpoint directory
   (``/opt/ml/checkpoints``, synced with the checkpoint S3 URI both ways) and ``ckpt_path=last``:
   a restarted job finds the ``last.ckpt`` SageMaker copied back and resumes from it; a first
@@ -215,6 +216,8 @@ def job_overrides(sm: SageMakerEnvironment, cfg: DictConfig, hyperparameters: Ma
     logger = cfg.get("logger")
     if logger and "save_dir" in logger and unset("logger.save_dir") and unset("logger.name"):
         overrides += [f"logger.save_dir={_quote(sm.tensorboard_dir.parent)}", f"logger.name={_quote(sm.tensorboard_dir.name)}"]
+        if sm.job_name and unset("logger.version"):  # TensorBoard's name for the run: the job's
+            overrides.append(f"logger.version={_quote(sm.job_name)}")
     if cfg.get("callbacks") is not None:
         # What SageMaker keeps as model.tar.gz: the best checkpoint plus the serving code.
         artifact = {"_target_": "beedet.sagemaker.artifact.ModelArtifact", "model_dir": str(sm.model_dir)}
@@ -242,16 +245,29 @@ def channel_source(channel_dir: Path, split: str, channel: str, manifest: str | 
     where = f"channel '{channel}' ({channel_dir})"
     if not channel_dir.is_dir():
         raise SageMakerJobError(f"{where}: the directory does not exist")
+    path = _labels_in_channel(channel_dir, split, channel, where, manifest, annotation_dir)
+    # What the labels are is beedet.data.sources' one format detector's call; here only where they lie.
+    fmt = detect_format(path)
+    options = {"manifest": {"local_root": str(channel_dir)}, "coco": {"image_root": str(channel_dir)},
+               "label-studio": {"image_root": str(channel_dir)}, "image-json": {"images": str(channel_dir)}}.get(fmt, {})
+    return {"_target_": "beedet.data.sources.source_for_path", "path": str(path), "fmt": fmt, **options,
+            # The data config's permission, as its own sources have it (conf/data/*.yaml).
+            "allow_outside_root": "${data.allow_outside_root}"}
+
+
+def _labels_in_channel(channel_dir: Path, split: str, channel: str, where: str, manifest: str | None,
+                       annotation_dir: Path | None) -> Path:
+    """The label file (or folder) of ``split`` in a channel directory; SageMakerJobError when there
+    is none, or several candidates."""
     if annotation_dir is not None:
-        return {"_target_": "beedet.data.sources.ImageJsonSource", "annotations": str(annotation_dir),
-                "images": str(channel_dir)}
+        return Path(annotation_dir)
     files = sorted(p for p in channel_dir.iterdir() if p.is_file())
     records = [p for p in files if p.suffix.lower() == ".rec"]
     if len(records) > 1:
         records = [p for p in records if p.stem.lower().split(".")[0] in _SPLIT_STEMS[split]] or records
     if len(records) == 1:
         # The built-in detector's RecordIO channel (im2rec's .rec, with its .idx / .lst when given).
-        return {"_target_": "beedet.data.sources.RecordIOSource", "path": str(records[0])}
+        return records[0]
     if len(records) > 1:
         raise SageMakerJobError(f"{where} holds several RecordIO files ({', '.join(p.name for p in records)}): "
                                 f"give each split its own channel")
@@ -261,18 +277,15 @@ def channel_source(channel_dir: Path, split: str, channel: str, manifest: str | 
         # given as both channels: pick this split's by name.
         manifests = [p for p in manifests if p.stem.lower().split(".")[0] in _SPLIT_STEMS[split]] or manifests
     if len(manifests) == 1:
-        return {"_target_": "beedet.data.sources.ManifestSource", "path": str(manifests[0]),
-                "local_root": str(channel_dir), "s3_prefix": None, "label_attribute": None}
+        return manifests[0]
     if len(manifests) > 1:
         raise SageMakerJobError(f"{where} holds several manifests ({', '.join(p.name for p in manifests)}): pick one "
                                 f"with the hyperparameter --data.{split}.path {channel_dir}/<name>")
-    coco = [p for p in files if p.suffix.lower() == ".json"]
-    if len(coco) == 1 and detect_format(coco[0]) == "label-studio":
-        return {"_target_": "beedet.data.sources.LabelStudioSource", "path": str(coco[0]), "image_root": str(channel_dir)}
-    if len(coco) == 1:
-        return {"_target_": "beedet.data.sources.CocoSource", "path": str(coco[0]), "image_root": str(channel_dir)}
+    label_files = [p for p in files if p.suffix.lower() == ".json"]
+    if len(label_files) == 1:
+        return label_files[0]  # COCO or Label Studio: detect_format reads which
     if (channel_dir / "images").is_dir():
-        return {"_target_": "beedet.data.sources.YoloSource", "images": str(channel_dir / "images")}
+        return channel_dir / "images"
     found = ", ".join(p.name for p in sorted(channel_dir.iterdir())[:10]) or "nothing"
     raise SageMakerJobError(
         f"{where} holds no labels beedet reads: expected a Ground Truth manifest (*.manifest or *.jsonl, "
