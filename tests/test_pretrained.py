@@ -4,7 +4,9 @@ hub cache, without touching the network.
 Each test writes a state dict filled with a recognisable pattern where torch hub caches the real
 checkpoint (``<hub dir>/checkpoints/<basename of Weights.url>``), forbids any socket connection,
 builds the network and checks the pattern arrived in the backbone. VGG-16 is not tested this way:
-its ImageNet checkpoint is about 0.5 GB to write.
+its ImageNet checkpoint is about 0.5 GB to write. Weights that cannot be loaded stop the build
+(:class:`beedet.models.backbones.PretrainedWeightsError`), for VGG-16 too
+(``tests/test_builtin_hyperparameters.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torchvision.models import (
 )
 
 from beedet.models import ssd
+from beedet.models.backbones import PretrainedWeightsError
 
 
 @pytest.fixture
@@ -96,9 +99,10 @@ def test_ssdlite_backbone_gets_imagenet_weights_from_hub_cache(offline_hub: Path
     assert len(loaded) == len(features)
 
 
-def test_offline_without_cached_weights_warns_and_trains_from_scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
-    """No network and nothing cached: a loud warning that names the file and the cache folder, then
-    a usable network from random weights (what an air-gapped machine can still do)."""
+def test_offline_without_cached_weights_stops_naming_the_ways_to_supply_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No network and nothing cached: building the network stops (before any training) with the
+    file, the hub cache folder, TORCH_HOME, network access and the switch to train from scratch on
+    purpose; it never trains from random weights instead."""
     import urllib.error
 
     def unreachable(*args, **kwargs):
@@ -108,10 +112,20 @@ def test_offline_without_cached_weights_warns_and_trains_from_scratch(tmp_path: 
     previous = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path))
     try:
-        with caplog.at_level("WARNING", logger="beedet.models.backbones"):
-            model = ssd.ssd_resnet(4, depth=18, pretrained_backbone=True)
+        with pytest.raises(PretrainedWeightsError) as stopped:
+            ssd.ssd_resnet(4, depth=18, pretrained_backbone=True)
     finally:
         torch.hub.set_dir(previous)
-    message = caplog.text
-    assert "RANDOM weights" in message and Path(ResNet18_Weights.IMAGENET1K_V1.url).name in message and str(tmp_path) in message
-    assert isinstance(model, nn.Module)
+    message = str(stopped.value)
+    assert Path(ResNet18_Weights.IMAGENET1K_V1.url).name in message and f"{tmp_path}/checkpoints/" in message
+    for way in ("TORCH_HOME", "network access", "no route to host", "model.pretrained_backbone=false"):
+        assert way in message, way
+
+
+def test_a_corrupt_cached_file_stops_too(offline_hub: Path) -> None:
+    """A truncated download left in the cache is not random weights either: it stops, naming the file."""
+    path = offline_hub / "checkpoints" / Path(ResNet18_Weights.IMAGENET1K_V1.url).name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(PretrainedWeightsError, match=path.name):
+        ssd.ssd_resnet(4, depth=18, pretrained_backbone=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -159,22 +160,30 @@ def default_extra_channels(num_blocks: int, wide: int, narrow: int) -> list[int]
 log = logging.getLogger(__name__)
 
 
-def imagenet_state_dict(weights: WeightsEnum) -> dict[str, Tensor] | None:
+class PretrainedWeightsError(RuntimeError):
+    """``pretrained_backbone`` asked for ImageNet weights that cannot be loaded; the message says
+    which file and the ways to supply it. Raised while the network is built, before training."""
+
+
+def imagenet_state_dict(weights: WeightsEnum) -> dict[str, Tensor]:
     """The ImageNet state dict of ``weights`` through torchvision's weights API: from the torch hub
-    cache, downloading it there first when missing. Without a network (and no cached file) it
-    returns None after a loud warning, so an offline machine still trains, from random weights;
-    the warning says where to put the file."""
+    cache, downloading it there first when missing. Without a network and no cached file (or with
+    an unreadable one) it raises :class:`PretrainedWeightsError` naming the file and the ways to
+    supply it: a run that asked for a pretrained base never trains from random weights instead."""
     try:
         return weights.get_state_dict(progress=True)
-    except OSError as err:  # URLError, socket errors and unreadable files are all OSErrors
+    # URLError, socket errors and unreadable files are OSErrors; a truncated or corrupt cached
+    # file fails in torch.load (RuntimeError, EOFError, UnpicklingError).
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         filename = weights.url.rsplit("/", 1)[-1]
-        log.warning(
-            "could not load ImageNet weights %s (%s): the backbone starts from RANDOM weights, which "
-            "needs far more data and epochs. Put %s in %s/checkpoints/ (or connect to a network), or set "
-            "model.pretrained_backbone=false to train from scratch on purpose.",
-            weights, err, filename, get_dir(),
-        )
-        return None
+        raise PretrainedWeightsError(
+            f"model.pretrained_backbone=true (the built-in's use_pretrained_model=1) needs the ImageNet weights "
+            f"{weights} ({filename}), which could not be loaded: {err}. Supply them in one of these ways: put "
+            f"{filename} in {get_dir()}/checkpoints/, torch hub's cache (TORCH_HOME moves it: "
+            f"$TORCH_HOME/hub/checkpoints/), or run with network access so that torch hub downloads it from "
+            f"{weights.url}. To train from random weights on purpose, set model.pretrained_backbone=false "
+            f"(use_pretrained_model=0)."
+        ) from err
 
 
 def resnet_trunk(depth: int, pretrained: bool) -> tuple[nn.Sequential, int]:
@@ -192,9 +201,8 @@ def resnet_trunk(depth: int, pretrained: bool) -> tuple[nn.Sequential, int]:
         raise ValueError(f"ResNet depth must be one of {sorted(RESNETS)}, got {depth}")
     constructor, weights, channels = RESNETS[depth]
     resnet = constructor(weights=None)
-    state = imagenet_state_dict(weights) if pretrained else None
-    if state is not None:
-        resnet.load_state_dict(state)
+    if pretrained:
+        resnet.load_state_dict(imagenet_state_dict(weights))
     _remove_stride(resnet.layer3[0])
     trunk = nn.Sequential(
         OrderedDict(

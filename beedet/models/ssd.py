@@ -581,7 +581,9 @@ def input_size(model: SSD) -> int:
     return int(width)
 
 
-def _loadable(weights: WeightsEnum) -> WeightsEnum | None:
-    """``weights`` when its file is cached or downloadable (torchvision's builder then reads it from
-    the hub cache), else None: the offline fallback of :func:`imagenet_state_dict`."""
-    return weights if imagenet_state_dict(weights) is not None else None
+def _loadable(weights: WeightsEnum) -> WeightsEnum:
+    """``weights``, once its file is known to load (cached, or downloaded into the hub cache, where
+    torchvision's builder then reads it); else :class:`~beedet.models.backbones.PretrainedWeightsError`
+    from :func:`imagenet_state_dict`, naming the ways to supply it."""
+    imagenet_state_dict(weights)
+    return weights

@@ -125,7 +125,7 @@ def job_arguments(argv: Sequence[str], env: Mapping[str, str]) -> list[str]:
 
 def local_arguments(argv: Sequence[str]) -> list[str]:
     """train.py's Hydra arguments for a local command line written as a job's hyperparameters
-    (``python train.py --base_network resnet-50 --epochs 2 --trainer.accelerator cpu``): the same
+    (``python train.py --base_network resnet-50 --use_pretrained_model 0 --epochs 2 --trainer.accelerator cpu``): the same
     mapping as in a job, without the container. Hydra's own arguments come back unchanged. Exits
     with the error's message when a key or value cannot be mapped."""
     args = list(argv)
