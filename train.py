@@ -3,7 +3,7 @@
     python train.py                                   # synthetic bees, no network needed
     python train.py +experiment=honeybee_ssd300_resnet50 trainer=gpu
     python train.py run_dir=outputs/synthetic/<stamp> ckpt_path=last   # resume a killed run
-    python train.py --base_network resnet-50 --epochs 2 --mini_batch_size 8   # the built-in detector's names
+    python train.py --base_network resnet-50 --use_pretrained_model 0 --epochs 2   # the built-in detector's names
 
 As SageMaker's script-mode entry point it reads the job's `--key value` hyperparameters and SM_*
 variables (beedet/sagemaker/training_job.py). The run directory is printed last.
@@ -20,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from beedet.assembly import build_datamodule, build_system_for_data, build_trainer
+from beedet.best_checkpoint import validate_best_checkpoint
 from beedet.reporting import count_threshold_source, hparams_for_logging, report_data, report_run
 from beedet.sagemaker.training_job import script_arguments
 
@@ -40,13 +41,12 @@ def main(cfg: DictConfig) -> float:
     trainer = build_trainer(cfg)
     trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
-    # Report the best checkpoint, not the last epoch: that is the file a user deploys, and
-    # evaluate.py on it must reproduce these numbers.
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-    trainer.validate(system, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+    # Report the best checkpoint, not the last epoch: the file a user deploys, which evaluate.py must
+    # reproduce. Validated once more, logged once under best/ (not as one more val/ point).
+    best = validate_best_checkpoint(trainer, system, datamodule)
     if trainer.is_global_zero:
-        report_run(run_dir, system.last_validation, system.class_names, [datamodule.reports["val"]], checkpoint=best,
-                   count_threshold_source=count_threshold_source(cfg.evaluation.count_threshold),
+        report_run(run_dir, system.last_validation, system.class_names, [datamodule.reports["val"]], checkpoint=best.path,
+                   count_threshold_source=count_threshold_source(cfg.evaluation.count_threshold), extra=best.summary(),
                    title="beedet training run: best checkpoint on the validation split",
                    logger=trainer.logger, hparams=hparams_for_logging(cfg, HydraConfig.get().runtime.choices))
         print(f"run dir: {run_dir}")

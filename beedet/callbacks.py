@@ -1,9 +1,12 @@
 """Lightning callbacks that put pictures and precision-recall curves in TensorBoard.
 
 * ``AugmentationPreview``: the augmented training images the network really sees, with boxes.
-* ``PredictionOverlays``: detections on a few fixed validation images, every N epochs.
+* ``PredictionOverlays``: detections judged against ground truth (true positives, false positives,
+  misses) on a few fixed validation images and on the hardest ones, every N epochs.
 * ``PRCurves``: COCO's per-class precision-recall curve (IoU 0.5) in TensorBoard's PR Curves tab.
 * ``CountPlot``: predicted against true objects per validation image, after every validation.
+* ``ValidationQuality``: the confusion matrix, the F1-confidence curve and the per-class table
+  (P, R, F1, AP50, AP, instances), after every validation.
 
 What the callbacks need from the LightningModule (``beedet.system.DetectionModule`` has it; see
 ``Detector``): ``class_names``, ``detect(images)``, ``last_validation`` and ``device``. From the data
@@ -31,7 +34,10 @@ from torch import Tensor
 from torch.utils.tensorboard import SummaryWriter
 
 from beedet.evaluation.counting import count_plot
-from beedet.visualize import draw_boxes, image_grid, overlay_predictions
+from beedet.evaluation.detection_quality import class_table, class_table_markdown
+from beedet.evaluation.plots import confusion_matrix_plot, f1_curve_plot
+from beedet.visualize import (HARD_KINDS, assess_images, draw_boxes, hard_assessments, image_grid, overlay_predictions,
+                              spread_indices)
 
 # Without a class's ground-truth count, PR counts are per 100 objects (they read as percentages).
 NOMINAL_NUM_GT = 100
@@ -58,6 +64,8 @@ class Detector(Protocol):
     * ``last_validation`` is set after each validation epoch: None, or an object with ``metrics``
       (with ``pr_curves: dict[str, PRCurveLike]``) and ``counts`` (``CountMetrics``), as
       ``beedet.evaluation.results.ValidationResult``; a new object after every validation.
+    * optionally ``fixed_count_threshold`` (a float): the score threshold ``PredictionOverlays``
+      judges detections at unless given one.
     """
 
     class_names: list[str]
@@ -131,43 +139,78 @@ class AugmentationPreview(pl.Callback):
 
 
 class PredictionOverlays(pl.Callback):
-    """Logs detections over ground truth on the same few validation images every N epochs.
+    """Logs detections judged against ground truth every N epochs: on the same few validation
+    images, and on the hardest ones of the moment.
 
-    Ground truth is green, detections take their class colour (see ``beedet.visualize``): a lone
-    green box is a miss, a lone coloured box a false positive. Tags ``predictions/val_<k>`` for
-    k = 0..num_images-1, at the trainer's global step; the sanity check logs nothing.
+    Detections scoring at least ``score_threshold`` are matched to ground truth at IoU 0.5; true
+    positives are solid boxes in the class colour, false positives dashed ones captioned "FP",
+    misses thick green boxes captioned "miss", and a legend below each picture says so
+    (``beedet.visualize.overlay_predictions``). Tags, at the trainer's global step (the sanity
+    check logs nothing):
+
+    * ``predictions/val_<k>``, k = 0..num_images-1: the fixed images, to follow over the run;
+    * ``predictions/hard_misses_<k>`` and ``predictions/hard_false_positives_<k>``,
+      k = 0..num_hard-1: the images with the most misses, and with the most false positives, in
+      this validation (the hardest at k = 0; fixed images excluded; an image lacking that error
+      is never shown, so fewer tags when the detector makes fewer errors). The legend's first
+      line names the image and why it was chosen.
+
+    Choosing hard images detects a pool of ``hard_pool`` validation images once more (spread over
+    the set, fixed for the run), rank 0 only: about ``hard_pool / len(val)`` of a validation's
+    time, every ``every_n_epochs``.
 
     Args:
         num_images: how many validation images to follow. They are fixed for the whole run: the
             first ones in the validation set, preferring images that contain objects.
         every_n_epochs: log after every N-th epoch's validation.
-        score_threshold: detections scoring below it are not drawn.
+        score_threshold: detections scoring below it are neither drawn nor matched. None: the
+            module's ``fixed_count_threshold`` (``DetectionModule``'s: the threshold of
+            ``val/precision``, ``val/recall`` and the confusion matrix, so the pictures show what
+            those numbers count), or ``DEFAULT_SCORE_THRESHOLD`` for a module without one.
         max_side: pictures are shrunk so their longer side is at most this many pixels, which
             keeps event files small (a 1920x1080 frame becomes 640x360).
-        text: write "name score" in boxes large enough to hold it.
+        min_side: smaller pictures are enlarged to this longer side, so that a 256 px image's
+            boxes and captions are legible.
+        text: caption each box ("bee 0.87", "FP bee 0.62", "miss bee").
+        num_hard: hard images of each kind (most misses, most false positives); 0: none.
+        hard_pool: validation images the hard ones are chosen from; None: all of them.
+        batch_size: images per detection call while scoring the pool.
     """
 
     # Scanning for images with objects decodes images; stop after this many per wanted image.
     _SCAN_PER_IMAGE = 8
+    #: The score threshold for a module without ``fixed_count_threshold``.
+    DEFAULT_SCORE_THRESHOLD = 0.3
 
     def __init__(
         self,
         num_images: int = 4,
         every_n_epochs: int = 1,
-        score_threshold: float = 0.3,
+        score_threshold: float | None = None,
         max_side: int = 640,
+        min_side: int = 640,
         text: bool = True,
+        num_hard: int = 2,
+        hard_pool: int | None = 64,
+        batch_size: int = 8,
     ) -> None:
         if num_images < 1:
             raise ValueError(f"PredictionOverlays.num_images must be >= 1, got {num_images}")
         if every_n_epochs < 1:
             raise ValueError(f"PredictionOverlays.every_n_epochs must be >= 1, got {every_n_epochs}")
+        if num_hard < 0 or batch_size < 1:
+            raise ValueError(f"PredictionOverlays needs num_hard >= 0 and batch_size >= 1, got {num_hard}, {batch_size}")
         self.num_images = num_images
         self.every_n_epochs = every_n_epochs
         self.score_threshold = score_threshold
         self.max_side = max_side
+        self.min_side = min_side
         self.text = text
+        self.num_hard = num_hard
+        self.hard_pool = hard_pool
+        self.batch_size = batch_size
         self._indices: list[int] | None = None
+        self._pool: list[int] | None = None
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs != 0:
@@ -178,15 +221,25 @@ class PredictionOverlays(pl.Callback):
             return
         if self._indices is None:
             self._indices = self.choose_images(dataset, self.num_images, self._SCAN_PER_IMAGE * self.num_images)
+            self._pool = spread_indices(len(dataset), self.hard_pool) if self.num_hard else []
         detector = cast(Detector, pl_module)
-        samples = [dataset[i] for i in self._indices]
-        detections = detector.detect([image.to(detector.device) for image, _ in samples])
-        for k, ((image, target), detection) in enumerate(zip(samples, detections)):
+        threshold = self.score_threshold
+        if threshold is None:
+            threshold = float(getattr(pl_module, "fixed_count_threshold", self.DEFAULT_SCORE_THRESHOLD))
+        candidates = sorted(set(self._indices) | set(self._pool or []))
+        assessed = assess_images(detector, dataset, candidates, threshold, self.batch_size)
+        by_index = {a.index: a for a in assessed}
+        shown = [(f"predictions/val_{k}", f"val image {i}", by_index[i]) for k, i in enumerate(self._indices)]
+        for kind, found in hard_assessments(assessed, self.num_hard, self._indices).items():
+            shown += [(f"predictions/hard_{kind}_{k}", f"val image {a.index}: #{k + 1} {HARD_KINDS[kind]}", a)
+                      for k, a in enumerate(found)]
+        for tag, title, a in shown:
+            image, _ = dataset[a.index]
             picture = overlay_predictions(
-                image, target, detection, detector.class_names, self.score_threshold,
-                max_side=self.max_side, width=1, text=self.text,  # thin lines: shrunk bees are small
+                image, a.target, a.prediction, detector.class_names, threshold,
+                max_side=self.max_side, min_side=self.min_side, text=self.text, title=title,
             )
-            writer.add_image(f"predictions/val_{k}", picture, global_step=trainer.global_step)
+            writer.add_image(tag, picture, global_step=trainer.global_step)
 
     @staticmethod
     def choose_images(dataset: Any, count: int, scan_limit: int) -> list[int]:
@@ -328,3 +381,45 @@ class RelativeEarlyStopping(pl.callbacks.EarlyStopping):
             relative = self.relative_min_delta * abs(float(self.best_score))
             self.min_delta = sign * max(abs(self._absolute_min_delta), relative)
         return super()._evaluate_stopping_criteria(current)
+
+
+class ValidationQuality(pl.Callback):
+    """Logs where the detector fails after every validation that produced new results (not the
+    sanity check), at the fixed count threshold of the ``val/precision`` and ``val/count_MAE``
+    curves (``last_validation.fixed_quality``):
+
+    * ``confusion_matrix/val`` (image): true class plus background against predicted class plus
+      background, at IoU 0.5 (``beedet.evaluation.plots.confusion_matrix_plot``);
+    * ``f1_curve/val`` (image): F1 against the score threshold per class and for all classes, with
+      the fixed threshold and the tuned one (``val/count_threshold_tuned``) marked;
+    * ``per_class/val`` (text): instances, P, R, F1 at the threshold, AP50 and AP per class.
+
+    Like ``PRCurves`` it runs in ``on_validation_end``, after the module has computed
+    ``last_validation`` (a ``beedet.evaluation.results.ValidationResult``); a result without
+    ``fixed_quality`` or ``f1_curve`` logs nothing.
+    """
+
+    def __init__(self) -> None:
+        self._logged: Any = None
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        writer = tensorboard_writer(trainer)
+        result = getattr(pl_module, "last_validation", None)
+        quality = getattr(result, "fixed_quality", None)
+        curve = getattr(result, "f1_curve", None)
+        # The same object again means validation produced no new results: do not repeat old ones.
+        if writer is None or quality is None or curve is None or result is self._logged:
+            return
+        self._logged = result
+        step = trainer.global_step
+        writer.add_image("confusion_matrix/val", confusion_matrix_plot(quality.confusion), global_step=step)
+        marks = {"count threshold (fixed)": quality.threshold}
+        if result.oracle_counts is not None and result.oracle_counts.threshold != quality.threshold:
+            marks["tuned on val"] = result.oracle_counts.threshold
+        writer.add_image("f1_curve/val", f1_curve_plot(curve, marks), global_step=step)
+        table = class_table_markdown(class_table(quality, result.metrics), quality.overall.to_dict(), result.metrics.stats)
+        caption = (f"Detections scoring >= {quality.threshold:.2f} matched to ground truth at IoU "
+                   f"{quality.iou_threshold:.2f}; AP50 and AP over all scores.")
+        writer.add_text("per_class/val", "\n".join([caption, "", *table]), global_step=step)

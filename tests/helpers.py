@@ -78,6 +78,13 @@ def overriding(base: list[str], *extra: str) -> list[str]:
     return [b for b in base if not any(b.split("=", 1)[0] == k or b.startswith(k + ".") for k in keys)] + list(extra)
 
 
+def tensorboard_run_dir(run_dir: Path) -> Path:
+    """The folder of a training run's TensorBoard events: ``<run_dir>/tensorboard/<run name>``
+    (conf/logger/tensorboard.yaml), the one folder there."""
+    (found,) = [path for path in (run_dir / "tensorboard").iterdir() if path.is_dir()]
+    return found
+
+
 # Limits the shared server enforces (tests/test_server.py sends bodies just over and under them).
 SERVER_MAX_BODY_BYTES = 1_000_000
 SERVER_MAX_PIXELS = 3_000_000  # a 1920x1080 frame is 2.07 MP

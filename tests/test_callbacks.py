@@ -159,9 +159,17 @@ def test_callbacks_write_previews_overlays_and_pr_curves(tmp_path):
     assert torch.equal(before.state, after.state)  # the preview did not disturb seeded training
 
     # Fixed images: the first two with objects (image 0 has none); logged once, not at sanity.
-    assert {t for t in tags["images"] if t.startswith("predictions/")} == {"predictions/val_0", "predictions/val_1"}
+    # FakeDetector's confident box overlaps each object at IoU 0.44 < 0.5: every object is missed
+    # and every image has one false positive. Hard images: the most missed (3 and 4, ties in
+    # order), then the most false positives among the rest (image 0); fixed ones never.
+    assert {t for t in tags["images"] if t.startswith("predictions/")} == {
+        "predictions/val_0", "predictions/val_1", "predictions/hard_misses_0", "predictions/hard_misses_1",
+        "predictions/hard_false_positives_0"}
     assert [e.step for e in events.Images("predictions/val_0")] == [step]
     assert callbacks[3]._indices == [1, 2]
+    # 48x64 pictures enlarged to 640 px wide (480 px high) plus a legend strip.
+    (overlay,) = events.Images("predictions/hard_misses_0")
+    assert overlay.width == 640 and overlay.height > 480
 
     # PR curves: only classes with ground truth, from this epoch's metrics (not the sanity check's).
     assert "pr_curve/bee" in tags["tensors"] and "pr_curve/drone" not in tags["tensors"]

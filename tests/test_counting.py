@@ -177,12 +177,22 @@ def test_train_reports_counting_and_size_bins(counted_run: Path) -> None:
     assert checkpoint["beedet"]["size_bins"] == [b["max_area"] for b in bins[:-1]]
 
     report = (counted_run / "report.md").read_text()
-    for heading in ("## COCO box metrics", "## Per-class AP", "## AP by box size", "## Counting"):
+    for heading in ("## COCO box metrics", "## Per class", "## Confusion matrix", "## AP by box size", "## Counting"):
         assert heading in report
     assert f"| {bins[0]['name']} |" in report and "| all |" in report
     assert "](count_plot.png)" in report and (counted_run / "count_plot.png").is_file()
     # The per-class precision-recall curves, as a picture beside the numbers.
     assert "](pr_curves.png)" in report
+    # P, R and F1 at the count threshold in use (the one the checkpoint keeps), per class with AP.
+    quality = metrics["detection_quality"]
+    assert quality["threshold"] == counting["threshold"] and quality["iou_threshold"] == 0.5
+    assert set(quality["per_class"]) == set(counting["per_class"])
+    assert {"precision", "recall", "F1", "instances", "AP50", "AP"} <= set(quality["per_class"]["bee"])
+    assert quality["all"]["instances"] == round(counting["all"]["mean_true"] * counting["num_images"])
+    assert len(quality["confusion_matrix"]["counts"]) == 5 and "| bee | " in report
+    for picture in ("f1_curve.png", "confusion_matrix.png"):
+        assert f"]({picture})" in report and (counted_run / picture).is_file()
+    assert metrics["loss"]["total"] > 0
     with Image.open(counted_run / "pr_curves.png") as picture:
         assert picture.size == (450, 450)
 
@@ -191,14 +201,19 @@ def test_train_reports_counting_and_size_bins(counted_run: Path) -> None:
 def test_train_logs_counting_to_tensorboard(counted_run: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(counted_run / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    # The run's event files, wherever under tensorboard/ the logger puts its version folder.
+    events_dir = next((counted_run / "tensorboard").rglob("events.out.tfevents*")).parent
+    acc = EventAccumulator(str(events_dir), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
     bins = json.loads((counted_run / "metrics.json").read_text())["size_bins"]
-    for tag in ("val/count/MAE", "val/count/RMSE", "val/count/bias", "val/count/threshold", "val/count_MAE/bee",
-                "val/recall50_smallest", "val/AR1000", "hp/count_MAE"):
+    for tag in ("val/count_MAE", "val/count_MAE_tuned", "val/count_threshold_tuned", "val_detail/count_RMSE",
+                "val_detail/count_bias", "val_per_class/count_MAE/bee", "val_detail/AR1000", "hp/count_MAE"):
         assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
-    assert any(tag == f"val/AP_size/{b['name']}" for b in bins for tag in scalars), sorted(scalars)
+    assert any(tag == f"val_per_size/AP/{b['name']}" for b in bins for tag in scalars), sorted(scalars)
+    assert any(tag == f"val_per_size/recall50/{bins[0]['name']}" for tag in scalars), sorted(scalars)
+    # The smallest bin's recall is val_per_size/recall50/<bin>; the alias is for SageMaker's metric lines only.
+    assert "val/recall50_smallest" not in scalars
     assert "counting/val" in acc.Tags()["images"]
 
 

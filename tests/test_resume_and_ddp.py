@@ -47,7 +47,11 @@ def test_killed_run_resumes_from_last(tmp_path: Path):
     # Exactly the steps of an uninterrupted 4-epoch run: nothing repeated, nothing skipped.
     assert final["global_step"] == 4 * STEPS_PER_EPOCH
     assert final["epoch"] == 3
-    assert json.loads((run_dir / "metrics.json").read_text())["mAP"] >= 0.0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["mAP"] >= 0.0
+    # The training clock counts the killed session too, and TensorBoard continues the same run.
+    assert metrics["training_time_s"] > killed_at["callbacks"]["SpeedMonitor"]["training_time_s"] > 0
+    assert [p.name for p in (run_dir / "tensorboard").iterdir()] == ["synthetic_resume-me"]
 
     # The resumed run ends with the weights of a run that was never interrupted: the same samples,
     # augmented alike, in the same order, from the same optimizer and schedule state. (Before

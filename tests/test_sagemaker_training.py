@@ -178,6 +178,7 @@ def test_job_overrides_map_the_container_onto_the_config(tmp_path, synthetic):
     assert cfg.data.val.path == str(val_dir / "val.manifest") and cfg.data.val.local_root == str(val_dir)
     assert cfg.run_dir == str(ml / "output/data")
     assert cfg.logger.save_dir == str(ml / "output") and cfg.logger.name == "tensorboard"
+    assert cfg.logger.version == "beedet-test"  # TensorBoard names the run after the job
     # Spot training: both checkpoint callbacks write to the synced folder, and ckpt_path=last makes
     # Lightning resume from its last.ckpt when a restarted job finds one there.
     assert cfg.ckpt_path == "last"
@@ -293,7 +294,7 @@ def test_train_py_writes_the_model_artifact(sagemaker_job):
     assert run_dir == ml / "output" / "data"
     assert json.loads((run_dir / "metrics.json").read_text())["mAP"] >= 0.0
     assert (ml / "checkpoints" / "last.ckpt").is_file() and (ml / "checkpoints" / "best.ckpt").is_file()
-    assert list((ml / "output" / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((ml / "output" / "tensorboard" / "beedet-test").glob("events.out.tfevents.*"))
 
     model = ml / "model"
     system, run_cfg = load_system(model / "model.ckpt")
@@ -322,7 +323,13 @@ def test_logged_metric_lines_match_the_metric_definitions(sagemaker_job):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert series["val:mAP"][-1] == pytest.approx(metrics["mAP"], abs=1e-6)
     assert series["val:AP50"][-1] == pytest.approx(metrics["AP50"], abs=1e-6)
-    assert series["val:count_MAE"][-1] == pytest.approx(metrics["counting"]["all"]["MAE"], abs=1e-4)
+    # val:count_MAE is at the fixed threshold of the curves; with evaluation.count_threshold=null the
+    # run counts at the threshold tuned on val, which val:count_MAE_tuned and metrics.json report.
+    assert series["val:count_threshold"][-1] == 0.5
+    assert series["val:count_MAE_tuned"][-1] == pytest.approx(metrics["counting"]["all"]["MAE"], abs=1e-4)
+    assert series["val:count_threshold_tuned"][-1] == pytest.approx(metrics["counting"]["threshold"])
+    assert series["val:loss"][-1] == pytest.approx(metrics["loss"]["total"], rel=1e-4)
+    assert series["val:F1"] and series["val:precision"] and series["val:recall"]
     assert series["train:loss"][0] > 0
 
 

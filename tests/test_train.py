@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from beedet.checkpointing import load_checkpoint
-from helpers import TINY_SYNTHETIC, overriding, run_script
+from helpers import TINY_SYNTHETIC, overriding, run_script, tensorboard_run_dir
 
 pytestmark = pytest.mark.slow
 
@@ -28,7 +29,7 @@ def test_run_dir_artifacts(trained_run: Path):
     assert (trained_run / "checkpoints" / "last.ckpt").is_file()
     assert "## " in (trained_run / "data_report.md").read_text()
     metrics = json.loads((trained_run / "metrics.json").read_text())
-    for key in ("mAP", "AP50", "AP75", "AP_small", "AR1000", "per_class_AP", "per_class_AP50"):
+    for key in ("mAP", "AP50", "AP75", "AP_small", "AR1000", "per_class_AP", "per_class_AP50", "detection_quality", "loss"):
         assert key in metrics
     assert set(metrics["per_class_AP"]) == {"bee", "drone", "pollenbee", "queen"}
     assert 0.0 <= metrics["mAP"] <= 1.0
@@ -51,13 +52,32 @@ def test_default_recipe_learns(tmp_path: Path):
 
 
 def test_tensorboard_tags(trained_run: Path):
-    acc = EventAccumulator(str(trained_run / "tensorboard"), size_guidance={"images": 0, "tensors": 0, "scalars": 0})
+    # The run's event files, wherever under tensorboard/ the logger puts its version folder.
+    events_dir = next((trained_run / "tensorboard").rglob("events.out.tfevents*")).parent
+    acc = EventAccumulator(str(events_dir), size_guidance={"images": 0, "tensors": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
     scalars = set(tags["scalars"])
-    for tag in ("train/loss", "train/loss_classification", "train/loss_box", "val/mAP", "val/AP50", "val/AP75", "val/AP_small", "val/AR1000", "val/AP/bee"):
-        assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
-    assert any(t.startswith("lr-") for t in scalars), sorted(scalars)
+    # Every validation tag by its group (tests/test_validation_logging.py checks the values).
+    names = ("bee", "drone", "pollenbee", "queen")
+    per_class = {f"val_per_class/{m}/{n}" for m in ("AP", "AP50", "precision", "recall", "F1", "count_MAE") for n in names}
+    bins = [b["name"] for b in json.loads((trained_run / "metrics.json").read_text())["size_bins"]]
+    per_size = {f"val_per_size/{m}/{b}" for m in ("AP", "AP50", "recall50") for b in bins}
+    expected = {
+        "train/loss", "train/loss_classification", "train/loss_box", "train/lr",
+        "val/mAP", "val/AP50", "val/loss", "val/precision", "val/recall", "val/F1",
+        "val/count_MAE", "val/count_MAE_tuned", "val/count_threshold_tuned",
+        "val_detail/AP75", "val_detail/AR1", "val_detail/AR10", "val_detail/AR1000", "val_detail/count_RMSE",
+        "val_detail/count_bias", "val_detail/loss_classification", "val_detail/loss_box",
+    }
+    # A class or bin without ground truth in the 8 val images has no AP, AP50 or recall line.
+    assert expected <= scalars, sorted(expected - scalars)
+    assert {t for t in scalars if t.startswith(("val_per_class/", "val_per_size/"))} <= per_class | per_size
+    assert {f"val_per_class/{m}/bee" for m in ("AP", "AP50", "precision", "recall", "F1", "count_MAE")} <= scalars
+    # The old names are gone: lr-AdamW, -1 lines of COCO's medium/large, AP_small (= mAP).
+    assert not any(t.startswith("lr-") or t.startswith("val/count/") or "AP_small" in t or "_medium" in t for t in scalars)
+    assert {"confusion_matrix/val", "f1_curve/val"} <= set(tags["images"])
+    assert "per_class/val/text_summary" in tags["tensors"]
     images = set(tags["images"])
     assert "augmentation/preview" in images
     assert any(t.startswith("predictions/") for t in images), images
@@ -68,6 +88,46 @@ def test_tensorboard_tags(trained_run: Path):
     assert "_hparams_/session_start_info" in acc.PluginTagToContent("hparams")
 
 
+def test_tensorboard_names_the_run_and_shows_overlays_speed_and_hparams(trained_run: Path):
+    # The run is named after its run folder (outputs/synthetic/<stamp>): TensorBoard lists it so.
+    events_dir = tensorboard_run_dir(trained_run)
+    assert events_dir.name == f"synthetic_{trained_run.name}"
+    acc = EventAccumulator(str(events_dir), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    scalars, images = set(acc.Tags()["scalars"]), set(acc.Tags()["images"])
+    # Fixed overlays, and the hard ones of the untrained 1-2 epoch model (it misses plenty).
+    assert {"predictions/val_0", "predictions/hard_misses_0"} <= images, images
+    (overlay,) = acc.Images("predictions/val_0")[-1:]
+    assert overlay.width == 640 and overlay.height > 640  # 256 px enlarged, legend below
+    # Speed on the CPU: no GPU memory line.
+    assert {"speed/step_time_s", "speed/data_time_s", "speed/images_per_s", "speed/eta_s"} <= scalars
+    assert "speed/gpu_peak_memory_gib" not in scalars
+    # HParams: final metrics with per-class AP50 and the best epoch; hparams.yaml (Lightning's {} before) too.
+    assert {"hp/mAP", "hp/AP50", "hp/count_MAE", "hp/best_epoch", "hp/AP50/bee"} <= scalars
+    hparams = yaml.safe_load((events_dir / "hparams.yaml").read_text())
+    assert hparams["model"] == "ssd256_resnet_slim" and hparams["max_epochs"] == 2 and hparams["batch_size"] == 8
+    assert not [key for key in hparams if "/" in key or key.startswith("_")]
+
+
+def test_best_checkpoint_is_logged_once_under_best(trained_run: Path):
+    acc = EventAccumulator(str(tensorboard_run_dir(trained_run)), size_guidance={"scalars": 0})
+    acc.Reload()
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    val_steps = [e.step for e in acc.Scalars("val/mAP")]
+    assert len(val_steps) == 2  # the 2 epochs that ran; the final validation adds no val/ point
+    assert max(e.step for e in acc.Scalars("epoch")) == val_steps[-1] and max(e.value for e in acc.Scalars("epoch")) == 1
+    (epoch,) = acc.Scalars("best/epoch")
+    (best_map,) = acc.Scalars("best/mAP")
+    assert epoch.value == metrics["best_epoch"] in (0, 1)
+    assert best_map.step == val_steps[metrics["best_epoch"]]  # beside the val/mAP point it repeats
+    assert best_map.value == pytest.approx(metrics["mAP"], abs=1e-6)
+    assert {"best/AP50", "best/count_MAE", "best/AP50/bee"} <= set(acc.Tags()["scalars"])
+    # report.md and metrics.json say which epoch was best and how long training took.
+    assert metrics["training_time_s"] > 0 and metrics["best_step"] > 0
+    report = (trained_run / "report.md").read_text()
+    assert f"Best epoch: {metrics['best_epoch']} " in report and "Training time: " in report
+
+
 def test_evaluate_reproduces_val_map(trained_run: Path, tmp_path: Path):
     train_metrics = json.loads((trained_run / "metrics.json").read_text())
     _, eval_dir = run_script(["evaluate.py", f"ckpt={trained_run / 'checkpoints' / 'best.ckpt'}", "num_workers=0"], tmp_path)
@@ -76,7 +136,10 @@ def test_evaluate_reproduces_val_map(trained_run: Path, tmp_path: Path):
     assert eval_metrics["per_class_AP"] == train_metrics["per_class_AP"]
     report = (eval_dir / "report.md").read_text()
     assert "mAP" in report and "bee" in report
-    assert list((eval_dir / "overlays").glob("*.jpg"))
+    # Overlays named by why they were chosen: the hardest images first, then the first ones.
+    overlays = sorted(p.name for p in (eval_dir / "overlays").glob("*.jpg"))
+    assert any(name.startswith("most_misses_1_") for name in overlays), overlays
+    assert any(name.startswith("first_") for name in overlays), overlays
 
 
 def test_predict_writes_json_per_image(trained_run: Path, tmp_path: Path):

@@ -130,6 +130,47 @@ def evaluate_boxes(
     return _accumulate(dets, gts, gt_ignored, matched, ignored, num_categories, max_dets, recall_thresholds, len(thresholds))
 
 
+@dataclass(frozen=True)
+class MatchedDetections:
+    """pycocotools' matching at one IoU threshold, area range "all": one row per detection that
+    counts (at most ``max_det`` per image and category, the best-scored), in accumulation order
+    (by category, then score, highest first). ``category`` int64 (D,), ``score`` float64 (D,),
+    ``matched`` bool (D,): matched to a (non-crowd) ground-truth box of its category;
+    ``ignored`` bool (D,): matched to a crowd region (neither a true nor a false positive).
+    ``num_gt`` int64 (K,): non-crowd ground-truth boxes per category."""
+
+    category: np.ndarray
+    score: np.ndarray
+    matched: np.ndarray
+    ignored: np.ndarray
+    num_gt: np.ndarray
+
+
+def match_detections(
+    ground_truth: GroundTruthBoxes,
+    detections: DetectionBoxes,
+    *,
+    num_categories: int,
+    iou_threshold: float,
+    max_det: int,
+) -> MatchedDetections:
+    """Which detections pycocotools counts as true positives at ``iou_threshold`` (area "all",
+    ``max_det`` detections per image and category): the matching behind AP at that IoU, so
+    precision and recall at a score threshold agree with COCO's curves. See the module
+    docstring for the rules."""
+    num_categories = int(num_categories)
+    dets = _ranked_detections(detections, num_categories, int(max_det))
+    gts = _grouped_ground_truth(ground_truth, num_categories)
+    thresholds = np.minimum(np.asarray([iou_threshold], dtype=np.float64), 1 - 1e-10)
+    everything = np.array([[0.0, 1e5**2]])  # pycocotools' area range "all"
+    gt_ignored = gts["crowd"][None, :] | _outside(gts["area"], everything)
+    det_outside = _outside(dets["area"], everything)
+    edge_det, edge_gt, edge_iou = _overlaps(dets, gts, float(thresholds[0]))
+    matched, ignored = _match(dets, gts, gt_ignored, det_outside, edge_det, edge_gt, edge_iou, thresholds)
+    num_gt = np.bincount(gts["category"][~gt_ignored[0]], minlength=num_categories).astype(np.int64)
+    return MatchedDetections(dets["category"], dets["score"], matched[0, 0], ignored[0, 0], num_gt)
+
+
 def _check_rows(boxes: GroundTruthBoxes | DetectionBoxes, columns: tuple[str, ...]) -> None:
     xywh = boxes.xywh
     if xywh.ndim != 2 or xywh.shape[1] != 4:

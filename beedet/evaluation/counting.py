@@ -28,6 +28,14 @@ from torch import Tensor
 #: The thresholds :func:`choose_count_threshold` tries by default: 0.05, 0.10, ..., 0.95.
 DEFAULT_THRESHOLDS: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 20))
 
+#: The score threshold of the per-epoch curves (``val/count_MAE``, ``val/precision``, ...) when no
+#: count threshold is configured. The threshold chosen on val moves from epoch to epoch (0.35 ->
+#: 0.55 in a default run) and is fitted to the very images it is scored on, so its MAE is
+#: optimistic and epochs do not compare; one fixed threshold makes the curves comparable. 0.5: the
+#: middle of the grid :func:`choose_count_threshold` searches, where a softmax score says "more
+#: likely this class than anything else".
+FIXED_COUNT_THRESHOLD = 0.5
+
 #: The keys of every per-class and overall entry of :class:`CountMetrics`.
 COUNT_KEYS: tuple[str, ...] = ("MAE", "RMSE", "bias", "mean_true", "mean_pred")
 

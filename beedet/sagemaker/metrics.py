@@ -6,7 +6,7 @@ taking the regex's first group as the value. :class:`MetricLogLines` prints thos
 :data:`METRIC_DEFINITIONS` holds the regexes, both built from one table (:data:`METRICS`), so they
 cannot drift apart. One line per validation and one per training epoch, on global rank 0 only::
 
-    beedet metrics epoch=3 step=120 val:mAP=0.4123; val:AP50=0.7811; val:AP75=0.4012; val:count_MAE=1.25; ...
+    beedet metrics epoch=3 step=120 val:mAP=0.4123; val:AP50=0.7811; val:AP75=0.4012; val:loss=2.31; ...
     beedet metrics epoch=3 step=120 train:loss=2.0374; train:loss_classification=1.2034; train:loss_box=0.834;
 
 Every value is ``<name>=<number>;``; a metric that was not logged (e.g. ``val:recall50_smallest``
@@ -27,19 +27,25 @@ import torch
 log = logging.getLogger("beedet.metrics")
 
 #: SageMaker metric name -> the key ``beedet.system.DetectionModule`` logs it under.
+#: The count metrics are at the fixed threshold of the TensorBoard curves (val:count_threshold:
+#: evaluation.count_threshold, else 0.5), comparable across epochs; the ``_tuned`` pair is at the
+#: best threshold for that validation set (what a run with count_threshold=null keeps).
 VALIDATION_METRICS: dict[str, str] = {
     "val:mAP": "val/mAP",
     "val:AP50": "val/AP50",
-    "val:AP75": "val/AP75",
-    "val:APs": "val/APs",
-    "val:APm": "val/APm",
-    "val:APl": "val/APl",
-    "val:AR10": "val/AR10",
+    "val:AP75": "val_detail/AP75",
+    "val:AR10": "val_detail/AR10",
     "val:recall50_smallest": "val/recall50_smallest",
-    "val:count_MAE": "val/count/MAE",
-    "val:count_RMSE": "val/count/RMSE",
-    "val:count_bias": "val/count/bias",
-    "val:count_threshold": "val/count/threshold",
+    "val:loss": "val/loss",
+    "val:precision": "val/precision",
+    "val:recall": "val/recall",
+    "val:F1": "val/F1",
+    "val:count_MAE": "val/count_MAE",
+    "val:count_RMSE": "val_detail/count_RMSE",
+    "val:count_bias": "val_detail/count_bias",
+    "val:count_threshold": "val/count_threshold",
+    "val:count_MAE_tuned": "val/count_MAE_tuned",
+    "val:count_threshold_tuned": "val/count_threshold_tuned",
 }
 #: SageMaker metric name -> the training-step key it averages over an epoch.
 TRAIN_METRICS: dict[str, str] = {
