@@ -276,16 +276,12 @@ class PRCurves(pl.Callback):
         self._logged: Any = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        fresh = new_validation(trainer, pl_module, self._logged)
+        if fresh is None or fresh[1].metrics is None:
             return
-        writer = tensorboard_writer(trainer)
-        result = cast(Detector, pl_module).last_validation
-        metrics = None if result is None else result.metrics
-        # The same object again means validation produced no new metrics: do not repeat old ones.
-        if writer is None or metrics is None or metrics is self._logged:
-            return
-        self._logged = metrics
-        for name, curve in metrics.pr_curves.items():
+        writer, result = fresh
+        self._logged = result
+        for name, curve in result.metrics.pr_curves.items():
             data = tensorboard_pr_data(curve, getattr(curve, "num_gt", None), self.num_thresholds)
             if data is None:
                 continue
@@ -309,16 +305,25 @@ class CountPlot(pl.Callback):
         self._logged: Any = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        fresh = new_validation(trainer, pl_module, self._logged)
+        if fresh is None or fresh[1].counts is None:
             return
-        writer = tensorboard_writer(trainer)
-        result = getattr(pl_module, "last_validation", None)
-        counts = None if result is None else result.counts
-        # The same object again means validation produced no new counts: do not repeat old ones.
-        if writer is None or counts is None or counts is self._logged:
-            return
-        self._logged = counts
-        writer.add_image("counting/val", count_plot(counts), global_step=trainer.global_step)
+        writer, result = fresh
+        self._logged = result
+        writer.add_image("counting/val", count_plot(result.counts), global_step=trainer.global_step)
+
+
+def new_validation(trainer: pl.Trainer, pl_module: pl.LightningModule, logged: Any) -> tuple[SummaryWriter, Any] | None:
+    """``(TensorBoard writer, the module's last_validation)`` when a callback should draw it: not
+    the sanity check, a TensorBoard logger present, and a result other than ``logged`` (the one the
+    callback drew last: the same object again means validation produced nothing new); else None."""
+    if trainer.sanity_checking:
+        return None
+    writer = tensorboard_writer(trainer)
+    result = getattr(pl_module, "last_validation", None)
+    if writer is None or result is None or result is logged:
+        return None
+    return writer, result
 
 
 def tensorboard_pr_data(curve: PRCurveLike, num_gt: int | None = None, num_thresholds: int = 101) -> np.ndarray | None:
@@ -403,15 +408,12 @@ class ValidationQuality(pl.Callback):
         self._logged: Any = None
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        fresh = new_validation(trainer, pl_module, self._logged)
+        quality = getattr(fresh[1], "fixed_quality", None) if fresh else None
+        curve = getattr(fresh[1], "f1_curve", None) if fresh else None
+        if fresh is None or quality is None or curve is None:
             return
-        writer = tensorboard_writer(trainer)
-        result = getattr(pl_module, "last_validation", None)
-        quality = getattr(result, "fixed_quality", None)
-        curve = getattr(result, "f1_curve", None)
-        # The same object again means validation produced no new results: do not repeat old ones.
-        if writer is None or quality is None or curve is None or result is self._logged:
-            return
+        writer, result = fresh
         self._logged = result
         step = trainer.global_step
         writer.add_image("confusion_matrix/val", confusion_matrix_plot(quality.confusion), global_step=step)
