@@ -48,7 +48,7 @@ def main(cfg: DictConfig) -> float:
                          checkpoint=str(Path(cfg.ckpt).resolve()), count_threshold_source=source,
                          title=f"beedet evaluation in {precision['used']} precision", extra={"precision": precision})
     write_overlays(system, datamodule.val_dataset, datamodule.val_records, run_dir / "overlays", cfg.num_overlays,
-                   cfg.score_threshold)
+                   cfg.score_threshold, pool=cfg.overlay_pool)
     print(f"run dir: {run_dir}")
     return float(metrics["mAP"])
 

@@ -35,7 +35,7 @@ def main(cfg: DictConfig) -> float:
     # (or stop a strict run) before any training time is spent.
     datamodule = build_datamodule(cfg.data, cfg.augment)
     datamodule.load_labels()
-    report_data(run_dir, datamodule.reports)
+    report_data(run_dir, datamodule)
 
     system = build_system_for_data(cfg, datamodule)
     trainer = build_trainer(cfg)

@@ -50,12 +50,19 @@ class BestCheckpoint:
         return {key: value for key, value in values.items() if value is not None}
 
 
+def reported_checkpoint(trainer: pl.Trainer) -> str:
+    """The checkpoint a run reports and ships (``sagemaker.artifact.ModelArtifact`` too): the best
+    one saved, else the last one, else "" (nothing saved: the weights in memory)."""
+    callback = trainer.checkpoint_callback
+    return (callback.best_model_path or callback.last_model_path) if callback is not None else ""
+
+
 def validate_best_checkpoint(trainer: pl.Trainer, system: pl.LightningModule,
                              datamodule: pl.LightningDataModule) -> BestCheckpoint:
     """Validate the best checkpoint of the fit that ``trainer`` just ran (all ranks call this, as
     ``trainer.validate``), leaving its :class:`ValidationResult` in ``system.last_validation``,
     and log it under ``best/`` (module docstring). Returns what train.py reports about it."""
-    path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    path = reported_checkpoint(trainer)
     # Read before validating: Lightning restores callback states from the validated checkpoint.
     clock = next((c for c in trainer.callbacks if isinstance(c, SpeedMonitor)), None)
     training_time_s = clock.training_time_s if clock is not None else None

@@ -14,8 +14,6 @@ or shared is a program otherwise. Its plain-data payload is one typed class,
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import os
 import pickle
 import tempfile
@@ -58,15 +56,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 # A checkpoint is a pickle, and a pickle is a program. Everything beedet reads from a checkpoint
 # (evaluate.py, beedet.predict, serving, the SageMaker artifact writer) goes through
 # load_checkpoint, which lets torch unpickle only tensors and plain data (weights_only=True), and
-# then checks the one thing plain data can still smuggle in: the Hydra ``_target_`` names of the
-# stored run config, which assembly instantiates to rebuild the network. Resuming a run from its own
-# last.ckpt in its own run directory keeps Lightning's loader (trainer.fit(ckpt_path=...)).
+# then checks what plain data can still smuggle into the stored run config, which assembly and
+# evaluate.py instantiate (network, optimizer, slicing, data): Hydra ``_target_`` names, which must
+# be on one explicit list, and OmegaConf interpolations (``${oc.create:...}`` builds new nodes when
+# resolved, ``${oc.env:...}`` reads the environment), which a saved config never holds because runs
+# save it resolved. Resuming a run from its own last.ckpt in its own run directory keeps Lightning's
+# loader (trainer.fit(ckpt_path=...)).
 
 PAYLOAD_KEY = "beedet"
 PAYLOAD_FORMAT = 2
 
-# The classes outside beedet that beedet's own conf/ names as ``_target_`` (tests/test_checkpoint_safety.py
-# keeps this list and conf/ in step). Anything else foreign in a stored config stops the load.
+# Every ``_target_`` a stored config may name: beedet's own that conf/ names (plus the data sources
+# a user's data config may name, and the artifact callback a SageMaker job adds), and the torch,
+# Lightning and albumentations classes conf/ names. tests/test_checkpoint_safety.py keeps this list
+# and conf/ in step. Being defined in beedet is not enough: beedet.checkpointing.convert_checkpoint
+# unpickles, beedet.sagemaker.launch.main starts paid jobs.
+TRUSTED_BEEDET_TARGETS = frozenset({
+    "beedet.augment.build_pipeline",
+    "beedet.averaging.ExponentialMovingAverage",
+    *(f"beedet.callbacks.{name}" for name in (
+        "AugmentationPreview", "CountPlot", "PRCurves", "PredictionOverlays", "RelativeEarlyStopping",
+        "ValidationQuality")),
+    "beedet.data.datamodule.BeeDataModule",
+    *(f"beedet.data.sources.{name}" for name in (
+        "CocoSource", "ImageJsonSource", "LabelStudioSource", "ManifestSource", "RecordIOSource", "SyntheticSource",
+        "VocSource", "YoloSource", "source_for_path")),
+    *(f"beedet.models.ssd.{name}" for name in ("ssd300_vgg16", "ssd_resnet", "ssd_resnet_slim",
+                                              "ssdlite320_mobilenet_v3_large")),
+    "beedet.sagemaker.artifact.ModelArtifact",
+    "beedet.sagemaker.metrics.MetricLogLines",
+    *(f"beedet.schedules.{name}" for name in ("warmup_constant", "warmup_cosine", "warmup_multistep")),
+    "beedet.tensorboard_run.run_name",
+    "beedet.throughput.SpeedMonitor",
+    "beedet.tiling.Slicing",
+})
 TRUSTED_FOREIGN_TARGETS = frozenset({
     *(f"albumentations.{name}" for name in (
         "Affine", "AtLeastOneBBoxRandomCrop", "ColorJitter", "GaussNoise", "GaussianBlur", "HorizontalFlip",
@@ -79,6 +102,7 @@ TRUSTED_FOREIGN_TARGETS = frozenset({
     "pytorch_lightning.loggers.TensorBoardLogger",
     *(f"torch.optim.{name}" for name in ("Adadelta", "Adam", "AdamW", "RMSprop", "SGD")),
 })
+TRUSTED_TARGETS = TRUSTED_BEEDET_TARGETS | TRUSTED_FOREIGN_TARGETS
 
 
 class UntrustedCheckpoint(ValueError):
@@ -149,7 +173,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], Checkpoint
     """Read a beedet checkpoint on the CPU without running any code it might carry.
 
     Returns the checkpoint dict (``state_dict`` and the rest, tensors and plain data only) and its
-    payload, whose stored config names only trusted ``_target_`` s (:func:`untrusted_targets`).
+    payload, whose stored config names only trusted ``_target_`` s and holds no interpolation
+    (:func:`untrusted_targets`).
     Raises ``FileNotFoundError``, :class:`UntrustedCheckpoint` (pickled objects or foreign
     targets; nothing has run) or ``ValueError`` (not a beedet checkpoint).
     """
@@ -170,52 +195,31 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], Checkpoint
     foreign = untrusted_targets(payload.config)
     if foreign:
         raise UntrustedCheckpoint(
-            f"{path}: its stored config names _target_ {', '.join(sorted(set(foreign)))}, which beedet does not "
-            f"trust (only beedet's own classes and functions and {len(TRUSTED_FOREIGN_TARGETS)} torch, Lightning and "
-            f"albumentations classes named in beedet's conf/); nothing was built")
+            f"{path}: its stored config holds {', '.join(sorted(set(foreign)))}, which beedet does not trust (a "
+            f"_target_ must be one of the {len(TRUSTED_TARGETS)} beedet, torch, Lightning and albumentations names "
+            f"beedet's conf/ uses, and a saved config holds no ${{...}} interpolation); nothing was built")
     return checkpoint, payload
 
 
 def untrusted_targets(config: Any) -> list[str]:
-    """Every ``_target_`` in ``config`` (nested dicts and lists) that is neither in
-    :data:`TRUSTED_FOREIGN_TARGETS` nor a class or function defined in beedet itself.
-
-    ``beedet.x.os.system`` is not beedet's: a name counts as beedet's only when it resolves to an
-    object whose defining module and qualified name spell that same name."""
+    """What in ``config`` (nested dicts and lists) a checkpoint may not carry: every ``_target_``
+    not in :data:`TRUSTED_TARGETS`, and every string holding an OmegaConf interpolation (``${``),
+    each as it is written."""
     found: list[str] = []
     stack = [config]
     while stack:
         node = stack.pop()
         if isinstance(node, dict):
             target = node.get("_target_")
-            if target is not None and not _trusted(target):
+            if target is not None and target not in TRUSTED_TARGETS:
                 found.append(str(target))
+            stack.extend(node.keys())
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
+        elif isinstance(node, str) and "${" in node:
+            found.append(node)
     return found
-
-
-def _trusted(target: Any) -> bool:
-    if not isinstance(target, str):
-        return False
-    if target in TRUSTED_FOREIGN_TARGETS:
-        return True
-    if not target.startswith("beedet."):
-        return False
-    parts = target.split(".")
-    for split in range(len(parts) - 1, 0, -1):
-        module_name = ".".join(parts[:split])
-        try:
-            obj: Any = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        for attribute in parts[split:]:
-            obj = getattr(obj, attribute, None)
-        if obj is None or not (inspect.isclass(obj) or inspect.isfunction(obj)):
-            return False
-        return f"{obj.__module__}.{obj.__qualname__}" == target and obj.__module__.startswith("beedet.")
-    return False
 
 
 def convert_checkpoint(source: str | os.PathLike, destination: str | os.PathLike) -> Path:

@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
+from beedet.data.datamodule import DATA_REPORT_NAME, BeeDataModule
 from beedet.data.report import DataReport
 from beedet.evaluation.counting import count_plot
 from beedet.evaluation.detection_quality import class_table, class_table_markdown
@@ -90,12 +91,13 @@ def report_run(
     return payload
 
 
-def report_data(run_dir: str | Path, reports: Mapping[str, DataReport]) -> None:
+def report_data(run_dir: str | Path, datamodule: BeeDataModule) -> None:
     """Log each split's data report and write them all to ``run_dir/data_report.md``, train first:
-    what was read, and every record that was clipped or skipped, before any training time is spent."""
-    for split, report in reports.items():
+    what was read, and every record that was clipped or skipped, before any training time is spent
+    (the data module rewrites it at the end with images that failed to decode while training)."""
+    for split, report in datamodule.reports.items():
         log.info("%s data:\n%s", split, report)
-    (Path(run_dir) / "data_report.md").write_text("\n\n".join(report.to_markdown() for report in reports.values()))
+    (Path(run_dir) / DATA_REPORT_NAME).write_text(datamodule.reports_markdown())
 
 
 def final_metrics(result: ValidationResult | None, *, checkpoint: str = "", count_threshold_source: str = "") -> dict[str, Any]:

@@ -169,7 +169,8 @@ def _image_path(path: Path, file_name: str, image_root: Path | None, allow_outsi
     beside = confined(path.parent / file_name, [path.parent], named=file_name, allow_outside_root=allow_outside_root)
     if beside.exists():
         return beside
-    in_images = path.parent / "images" / file_name
+    in_images = confined(path.parent / "images" / file_name, [path.parent], named=file_name,
+                         allow_outside_root=allow_outside_root)
     # When neither exists, report the primary location: the image check says it is missing.
     return in_images if in_images.exists() else beside
 

@@ -29,6 +29,7 @@ import pytorch_lightning as pl
 import torch
 
 import beedet
+from beedet.best_checkpoint import reported_checkpoint
 from beedet.checkpointing import PAYLOAD_KEY, load_checkpoint
 
 PACKAGE_DIR = Path(beedet.__file__).resolve().parent
@@ -61,8 +62,7 @@ class ModelArtifact(pl.Callback):
         self.model_dir = model_dir
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        callback = trainer.checkpoint_callback
-        best = (callback.best_model_path or callback.last_model_path) if callback is not None else ""
+        best = reported_checkpoint(trainer)
         if trainer.is_global_zero and best:
             write_model_artifact(self.model_dir, best)
 
