@@ -52,7 +52,7 @@ def true_counts(truth_labels: Sequence[Any], num_classes: int) -> np.ndarray:
     """int64 (I, K): labelled objects of each class in each image."""
     counts = np.zeros((len(truth_labels), num_classes), dtype=np.int64)
     for i, labels in enumerate(truth_labels):
-        counts[i] = np.bincount(_class_ids(labels, num_classes, f"ground truth of image {i}"), minlength=num_classes)
+        counts[i] = np.bincount(class_ids(labels, num_classes, f"ground truth of image {i}"), minlength=num_classes)
     return counts
 
 
@@ -200,8 +200,8 @@ def _predicted_counts_at(predictions: Sequence[dict[str, Any]], num_classes: int
     num_images = len(predictions)
     image_index, labels, scores = [], [], []
     for i, prediction in enumerate(predictions):
-        image_labels = _class_ids(prediction["labels"], num_classes, f"predictions of image {i}")
-        image_scores = _to_numpy(prediction["scores"]).astype(np.float64).reshape(-1)
+        image_labels = class_ids(prediction["labels"], num_classes, f"predictions of image {i}")
+        image_scores = to_numpy(prediction["scores"]).astype(np.float64).reshape(-1)
         if image_scores.shape != image_labels.shape:
             raise ValueError(f"predictions of image {i}: {image_scores.size} scores but {image_labels.size} labels")
         image_index.append(np.full(image_labels.size, i, dtype=np.int64))
@@ -216,8 +216,9 @@ def _predicted_counts_at(predictions: Sequence[dict[str, Any]], num_classes: int
     return counts
 
 
-def _class_ids(labels: Any, num_classes: int, where: str) -> np.ndarray:
-    ids = _to_numpy(labels).astype(np.int64).reshape(-1)
+def class_ids(labels: Any, num_classes: int, where: str) -> np.ndarray:
+    """``labels`` (tensor or array-like) as int64 (N,) 0-based class ids; ValueError naming ``where`` outside [0, num_classes)."""
+    ids = to_numpy(labels).astype(np.int64).reshape(-1)
     if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
         raise ValueError(f"{where}: class ids must be 0-based in [0, {num_classes}), got {sorted(set(ids.tolist()))[:10]}")
     return ids
@@ -228,7 +229,8 @@ def _check_lengths(truth_labels: Sequence[Any], predictions: Sequence[Any]) -> N
         raise ValueError(f"{len(truth_labels)} ground-truth images but {len(predictions)} predictions")
 
 
-def _to_numpy(values: Any) -> np.ndarray:
+def to_numpy(values: Any) -> np.ndarray:
+    """A tensor (on any device) or array-like as a numpy array."""
     if hasattr(values, "detach"):  # torch.Tensor, possibly on an accelerator
         return values.detach().cpu().numpy()
     return np.asarray(values)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 
 from beedet.evaluation.coco_engine import DetectionBoxes, GroundTruthBoxes, MatchedDetections, match_detections
+from beedet.evaluation.counting import class_ids, to_numpy
 from beedet.evaluation.results import (
     DEFAULT_MAX_DETECTIONS,
     MATCH_IOU,
@@ -71,7 +72,7 @@ def match_by_class(
         raise ValueError(f"{len(truths)} ground-truth images but {len(predictions)} predictions")
     truth_boxes, truth_labels, truth_image = _rows(truths, "ground truth", num_classes)
     boxes, labels, image = _rows(predictions, "predictions", num_classes)
-    scores = np.concatenate([_numpy(p["scores"]).astype(np.float64).reshape(-1) for p in predictions] + [np.zeros(0)])
+    scores = np.concatenate([to_numpy(p["scores"]).astype(np.float64).reshape(-1) for p in predictions] + [np.zeros(0)])
     if len(scores) != len(labels):
         raise ValueError(f"predictions: {len(scores)} scores for {len(labels)} labels")
     truth_xywh = _xywh(truth_boxes)
@@ -154,11 +155,11 @@ def confusion_matrix(
     k = len(class_names)
     matrix = np.zeros((k + 1, k + 1), dtype=np.int64)
     for i, (truth, prediction) in enumerate(zip(truths, predictions)):
-        truth_boxes = _numpy(truth["boxes"]).astype(np.float64).reshape(-1, 4)
-        truth_labels = _class_ids(truth["labels"], k, f"ground truth of image {i}")
-        kept = _numpy(prediction["scores"]).astype(np.float64).reshape(-1) >= threshold
-        boxes = _numpy(prediction["boxes"]).astype(np.float64).reshape(-1, 4)[kept]
-        labels = _class_ids(prediction["labels"], k, f"predictions of image {i}")[kept]
+        truth_boxes = to_numpy(truth["boxes"]).astype(np.float64).reshape(-1, 4)
+        truth_labels = class_ids(truth["labels"], k, f"ground truth of image {i}")
+        kept = to_numpy(prediction["scores"]).astype(np.float64).reshape(-1) >= threshold
+        boxes = to_numpy(prediction["boxes"]).astype(np.float64).reshape(-1, 4)[kept]
+        labels = class_ids(prediction["labels"], k, f"predictions of image {i}")[kept]
         truth_of, detection_of = _greedy_pairs(box_iou(truth_boxes, boxes), iou_threshold)
         np.add.at(matrix, (truth_labels[truth_of], labels[detection_of]), 1)
         missed = np.ones(len(truth_labels), bool)
@@ -266,8 +267,8 @@ def class_table_markdown(table: Mapping[str, Mapping[str, Any]], overall: Mappin
 
 def _rows(items: Sequence[Mapping[str, Any]], what: str, num_classes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All images' boxes float64 (N, 4) xyxy, labels int64 (N,) and image index int64 (N,)."""
-    boxes = [_numpy(item["boxes"]).astype(np.float64).reshape(-1, 4) for item in items]
-    labels = [_class_ids(item["labels"], num_classes, f"{what} of image {i}") for i, item in enumerate(items)]
+    boxes = [to_numpy(item["boxes"]).astype(np.float64).reshape(-1, 4) for item in items]
+    labels = [class_ids(item["labels"], num_classes, f"{what} of image {i}") for i, item in enumerate(items)]
     for i, (b, l) in enumerate(zip(boxes, labels)):
         if len(b) != len(l):
             raise ValueError(f"{what} of image {i}: {len(b)} boxes but {len(l)} labels")
@@ -277,16 +278,3 @@ def _rows(items: Sequence[Mapping[str, Any]], what: str, num_classes: int) -> tu
 
 def _xywh(boxes: np.ndarray) -> np.ndarray:
     return np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-
-
-def _class_ids(labels: Any, num_classes: int, where: str) -> np.ndarray:
-    ids = _numpy(labels).astype(np.int64).reshape(-1)
-    if ids.size and (ids.min() < 0 or ids.max() >= num_classes):
-        raise ValueError(f"{where}: class ids must be 0-based in [0, {num_classes}), got {sorted(set(ids.tolist()))[:10]}")
-    return ids
-
-
-def _numpy(values: Any) -> np.ndarray:
-    if hasattr(values, "detach"):  # torch.Tensor, possibly on an accelerator
-        return values.detach().cpu().numpy()
-    return np.asarray(values)
