@@ -24,7 +24,8 @@ scales[k] and sqrt(scales[k] * scales[k+1])). torchvision's defaults start at 0.
 Every builder also takes the post-processing settings of ``SSD`` (``score_thresh``, ``nms_thresh``,
 ``detections_per_img``, ``topk_candidates``), ``iou_thresh`` (the IoU at which an anchor becomes a
 positive for a ground-truth box in training; SSD's 0.5 by default, the configs lower it for small
-bees) and ``channels_last`` (default true: parameters stored NHWC, which trains faster on CPUs and
+bees; the ResNet builders also take ``assigner="atss"``, which sets that threshold per box instead:
+``beedet.models.anchor_assignment``) and ``channels_last`` (default true: parameters stored NHWC, which trains faster on CPUs and
 GPUs; it changes no values and no state-dict keys).
 
 And the classification loss (``beedet.losses``; only training is affected):
@@ -54,6 +55,7 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDHead, SSDScoringHead
 
 from beedet.losses import FOCAL_PRIOR, HardNegativeCrossEntropy, SoftmaxFocalLoss, build_classification_loss
+from beedet.models.anchor_assignment import ASSIGNERS, ATSS_TOPK, atss_assign
 from beedet.models.backbones import (
     PyramidFeatures,
     SSDFeatureExtractor,
@@ -86,11 +88,27 @@ class BeeSSD(SSD):
     cross-entropy with this SSD's ``neg_to_pos_ratio``. Other arguments are ``SSD``'s.
     """
 
-    def __init__(self, *args: Any, classification_loss: nn.Module | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        classification_loss: nn.Module | None = None,
+        assigner: str = "iou",
+        anchors_per_level: Sequence[int] | None = None,
+        atss_topk: int = ATSS_TOPK,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.classification_loss = (
             classification_loss if classification_loss is not None else HardNegativeCrossEntropy(self.neg_to_pos_ratio)
         )
+        if assigner not in ASSIGNERS:
+            raise ValueError(f"assigner must be one of {ASSIGNERS}, got {assigner!r}")
+        if assigner == "atss" and not anchors_per_level:
+            raise ValueError("assigner='atss' needs anchors_per_level (the anchors of each pyramid level)")
+        # "iou": torchvision's matcher (iou_thresh); "atss": beedet.models.anchor_assignment.
+        self.assigner = assigner
+        self.anchors_per_level = list(anchors_per_level) if anchors_per_level else None
+        self.atss_topk = atss_topk
 
     def compute_loss(
         self,
@@ -109,6 +127,12 @@ class BeeSSD(SSD):
         """
         bbox_regression = head_outputs["bbox_regression"]
         cls_logits = head_outputs["cls_logits"]
+        if self.assigner == "atss":
+            # torchvision's forward matched by IoU already; ATSS replaces that matching here.
+            assert self.anchors_per_level is not None
+            matched_idxs = [
+                atss_assign(t["boxes"], a, self.anchors_per_level, self.atss_topk) for t, a in zip(targets, anchors)
+            ]
 
         # Anchor targets and the box regression loss, as in torchvision's SSD.compute_loss.
         num_foreground = 0
@@ -168,6 +192,8 @@ def ssd_resnet(
     focal_alpha: float | None = 0.25,
     min_negatives: int = 0,
     class_weights: Sequence[float] | None = None,
+    assigner: str = "iou",
+    atss_topk: int = ATSS_TOPK,
 ) -> BeeSSD:
     """SSD on a ResNet-18/34/50 trunk, the design of NVIDIA's SSD300 v1.1 (and SageMaker's built-in
     object detector): ResNet through conv4_x with that stage's stride set to 1, then extra blocks
@@ -196,6 +222,7 @@ def ssd_resnet(
             topk_candidates=topk_candidates,
             iou_thresh=iou_thresh,
         ),
+        dict(assigner=assigner, atss_topk=atss_topk),
         channels_last,
         dict(
             classification_loss=classification_loss,
@@ -228,6 +255,8 @@ def ssd_resnet_slim(
     focal_alpha: float | None = 0.25,
     min_negatives: int = 0,
     class_weights: Sequence[float] | None = None,
+    assigner: str = "iou",
+    atss_topk: int = ATSS_TOPK,
 ) -> BeeSSD:
     """A small SSD for training from scratch on a CPU (0.7 M parameters, 0.4 GFLOPs per 256 px image).
 
@@ -264,6 +293,7 @@ def ssd_resnet_slim(
             topk_candidates=topk_candidates,
             iou_thresh=iou_thresh,
         ),
+        dict(assigner=assigner, atss_topk=atss_topk),
         channels_last,
         dict(
             classification_loss=classification_loss,
@@ -282,10 +312,13 @@ def _assemble_ssd(
     anchor_scales: Sequence[float] | None,
     aspect_ratios: Sequence[Sequence[int]] | None,
     postprocess: dict[str, float | int],
+    assignment: dict[str, Any],
     channels_last: bool,
     loss: dict[str, Any],
 ) -> BeeSSD:
-    """Backbone -> anchor generator -> head -> SSD, checking the contract between each pair."""
+    """Backbone -> anchor generator -> head -> SSD, checking the contract between each pair.
+    ``assignment``: ``assigner`` ("iou": a positive at ``iou_thresh``; "atss": per-box thresholds,
+    ``beedet.models.anchor_assignment``) and ``atss_topk``."""
     if num_classes < 1:
         raise ValueError(f"num_classes counts foreground classes and must be >= 1, got {num_classes}")
     sides = feature_map_sizes(image_size)
@@ -310,6 +343,10 @@ def _assemble_ssd(
         image_mean=IMAGENET_MEAN,
         image_std=IMAGENET_STD,
         head=head,
+        # Anchors of each level, level-major as DefaultBoxGenerator lays them out: what ATSS needs
+        # to pick candidates level by level.
+        anchors_per_level=[side * side * n for side, n in zip(sides, anchors.num_anchors_per_location())],
+        **assignment,
         **postprocess,
     )
     return _in_memory_format(_with_classification_loss(model, num_classes, **loss), channels_last)
