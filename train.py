@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 from beedet.assembly import build_datamodule, build_system_for_data, build_trainer
 from beedet.best_checkpoint import validate_best_checkpoint
 from beedet.reporting import count_threshold_source, hparams_for_logging, report_data, report_run
-from beedet.sagemaker.training_job import script_arguments
+from beedet.sagemaker.training_job import job_failure_reported, script_arguments
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
@@ -31,26 +31,26 @@ def main(cfg: DictConfig) -> float:
     # workers=True also seeds each DataLoader worker, so augmentation is reproducible per seed.
     pl.seed_everything(cfg.seed, workers=True)
 
-    # Labels first: the class map sizes the network's head, and bad records must be reported
-    # (or stop a strict run) before any training time is spent.
-    datamodule = build_datamodule(cfg.data, cfg.augment)
-    datamodule.load_labels()
-    report_data(run_dir, datamodule)
+    with job_failure_reported():  # in a SageMaker job, why the run stopped becomes the job's FailureReason
+        # Labels first: the class map sizes the head; bad records are reported (or stop a strict run) before training.
+        datamodule = build_datamodule(cfg.data, cfg.augment)
+        datamodule.load_labels()
+        report_data(run_dir, datamodule)
 
-    system = build_system_for_data(cfg, datamodule)
-    trainer = build_trainer(cfg)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+        system = build_system_for_data(cfg, datamodule)
+        trainer = build_trainer(cfg)
+        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
 
-    # Report the best checkpoint, not the last epoch: the file a user deploys, which evaluate.py must
-    # reproduce. Validated once more, logged once under best/ (not as one more val/ point).
-    best = validate_best_checkpoint(trainer, system, datamodule)
-    if trainer.is_global_zero:
-        report_run(run_dir, system.last_validation, system.class_names, [datamodule.reports["val"]], checkpoint=best.path,
-                   count_threshold_source=count_threshold_source(cfg.evaluation.count_threshold), extra=best.summary(),
-                   title="beedet training run: best checkpoint on the validation split",
-                   logger=trainer.logger, hparams=hparams_for_logging(cfg, HydraConfig.get().runtime.choices))
-        print(f"run dir: {run_dir}")
-    return float(system.last_validation.metrics.stats["mAP"])
+        # Report the best checkpoint, not the last epoch: the file a user deploys, which evaluate.py must
+        # reproduce. Validated once more, logged once under best/ (not as one more val/ point).
+        best = validate_best_checkpoint(trainer, system, datamodule)
+        if trainer.is_global_zero:
+            report_run(run_dir, system.last_validation, system.class_names, [datamodule.reports["val"]],
+                       checkpoint=best.path, count_threshold_source=count_threshold_source(cfg.evaluation.count_threshold),
+                       extra=best.summary(), title="beedet training run: best checkpoint on the validation split",
+                       logger=trainer.logger, hparams=hparams_for_logging(cfg, HydraConfig.get().runtime.choices))
+            print(f"run dir: {run_dir}")
+        return float(system.last_validation.metrics.stats["mAP"])
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import albumentations as A
@@ -18,11 +19,12 @@ import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from beedet.checkpointing import AtomicCheckpointIO, load_checkpoint
+from beedet.checkpointing import AtomicCheckpointIO, InitCheckpointError, load_checkpoint, load_initial_weights
 from beedet.data.datamodule import BeeDataModule
 from beedet.evaluation.results import DEFAULT_MAX_DETECTIONS
 from beedet.evaluation.size_bins import record_box_areas, resolve_size_bins
 from beedet.losses import class_weights_from_counts
+from beedet.models.backbones import weights_from_directory
 from beedet.models.freezing import freeze_matching
 from beedet.system import DetectionModule
 from beedet.tiling import Slicing
@@ -42,9 +44,18 @@ def build_datamodule(data_cfg: DictConfig, augment_cfg: DictConfig | None = None
 
 
 def build_network(
-    model_cfg: DictConfig, num_classes: int, *, class_counts: Sequence[int] | None = None, **overrides: Any
+    model_cfg: DictConfig,
+    num_classes: int,
+    *,
+    class_counts: Sequence[int] | None = None,
+    weights_dir: str | os.PathLike | None = None,
+    **overrides: Any,
 ) -> nn.Module:
     """The plain detection network. ``num_classes`` counts foreground classes (no background).
+
+    ``weights_dir``: where ``pretrained_backbone`` takes its ImageNet weight file from instead of
+    torch hub's cache or the network (``pretrained_dir``, a SageMaker job's ``pretrained`` channel;
+    ``beedet.models.backbones.weights_from_directory`` says which file). None: torch hub.
 
     ``freeze_pattern`` in the model config (optional) is not a builder argument either: parameters
     whose names match it are frozen after building (``beedet.models.freezing``).
@@ -61,7 +72,12 @@ def build_network(
         overrides["class_weights"] = class_weights_from_counts(class_counts, power)
         log.info("class weights (class_weight_power=%g) for training box counts %s: %s", power, list(class_counts),
                  ", ".join(f"{w:.3g}" for w in overrides["class_weights"]))
-    net = instantiate(params, num_classes=num_classes, **overrides, _convert_="all")
+    pretrained = overrides.get("pretrained_backbone", params.get("pretrained_backbone"))
+    if weights_dir is not None and not pretrained:
+        log.warning("pretrained_dir=%s is not used: this network does not start from pretrained weights "
+                    "(model.pretrained_backbone is not true)", weights_dir)
+    with weights_from_directory(weights_dir) if weights_dir is not None and pretrained else nullcontext():
+        net = instantiate(params, num_classes=num_classes, **overrides, _convert_="all")
     if freeze_pattern:
         frozen = freeze_matching(net, freeze_pattern)
         log.info("model.freeze_pattern=%r freezes %d parameter tensors (%s ... %s)", freeze_pattern, len(frozen),
@@ -95,12 +111,36 @@ def build_system_for_data(cfg: DictConfig, datamodule: BeeDataModule) -> Detecti
     (``load_labels`` first): its class map sizes the head, its training boxes per class become
     loss weights (``model.class_weight_power``), and its training boxes' areas set the validation
     size bins (``evaluation.size_bins``), so that they describe the bees the model learns from,
-    do not move with the validation data, and are saved in checkpoints."""
+    do not move with the validation data, and are saved in checkpoints.
+
+    ``cfg.pretrained_dir``: where the network's ImageNet weights come from (:func:`build_network`'s
+    ``weights_dir``). ``cfg.init_checkpoint``: an earlier beedet model whose weights the network
+    starts from (``beedet.checkpointing.load_initial_weights``: a checkpoint, a model.tar.gz or
+    a directory holding one; read before anything is built, and its class names must be the
+    data's); the network is then built without ImageNet weights, which those replace. Only the
+    weights: the optimizer, schedule and epochs start fresh (``ckpt_path`` resumes a run instead).
+    Raises :class:`~beedet.checkpointing.InitCheckpointError` naming the file."""
+    init = cfg.get("init_checkpoint")
+    start = load_initial_weights(init, datamodule.class_names) if init else None
     train_report = datamodule.reports["train"]
+    # Weights the checkpoint replaces are not downloaded (or asked for) first.
+    extra = {"pretrained_backbone": False} if start is not None and "pretrained_backbone" in cfg.model else {}
     net = build_network(cfg.model, num_classes=datamodule.num_classes,
-                        class_counts=[train_report.boxes_per_class[name] for name in datamodule.class_names])
+                        class_counts=[train_report.boxes_per_class[name] for name in datamodule.class_names],
+                        weights_dir=None if start is not None else cfg.get("pretrained_dir"), **extra)
     size_bins = resolve_size_bins(cfg.evaluation.size_bins, record_box_areas(datamodule.train_records))
-    return build_system(cfg, net, datamodule.class_names, size_bins=size_bins)
+    system = build_system(cfg, net, datamodule.class_names, size_bins=size_bins)
+    if start is not None:
+        state_dict, source = start
+        try:
+            system.load_state_dict(state_dict)
+        except RuntimeError as exc:  # missing, unexpected or differently shaped tensors
+            raise InitCheckpointError(
+                f"init_checkpoint {source}: its weights do not fit this run's network ({cfg.model.get('_target_')}): "
+                f"{str(exc).strip()[:1500]}. Start from a model trained with the same model settings (its "
+                f"config.yaml holds them), or train without init_checkpoint") from None
+        log.info("init_checkpoint: the network starts from the weights of %s (a new optimizer and schedule)", source)
+    return system
 
 
 def build_slicing(slicing_cfg: DictConfig | None) -> Slicing | None:

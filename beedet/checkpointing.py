@@ -8,19 +8,23 @@ renames it over the target, which POSIX makes atomic.
 Reading is the other half: :func:`load_checkpoint` unpickles tensors and plain data only and
 refuses stored configs that name classes beedet does not trust, because a checkpoint downloaded
 or shared is a program otherwise. Its plain-data payload is one typed class,
-:class:`CheckpointPayload`.
+:class:`CheckpointPayload`. :func:`load_initial_weights` reads the same way the weights a run
+starts from (``init_checkpoint``: a checkpoint, or a model artifact as a training job leaves it).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import pickle
+import posixpath
+import tarfile
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import yaml
@@ -181,8 +185,13 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], Checkpoint
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    return _read_checkpoint(path, path)
+
+
+def _read_checkpoint(file: Path | IO[bytes], path: str | os.PathLike) -> tuple[dict[str, Any], CheckpointPayload]:
+    """:func:`load_checkpoint` of ``file`` (a path, or a checkpoint's bytes), named ``path`` in messages."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UntrustedCheckpoint(
@@ -199,6 +208,88 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], Checkpoint
             f"_target_ must be one of the {len(TRUSTED_TARGETS)} beedet, torch, Lightning and albumentations names "
             f"beedet's conf/ uses, and a saved config holds no ${{...}} interpolation); nothing was built")
     return checkpoint, payload
+
+
+# The checkpoint inside a model artifact (beedet.sagemaker.artifact writes it, serving reads it).
+ARTIFACT_CHECKPOINT = "model.ckpt"
+# Names of a model artifact archive (a training job's model.tar.gz).
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+class InitCheckpointError(ValueError):
+    """The weights a run was asked to start from (``init_checkpoint``, a SageMaker job's ``model``
+    channel) cannot start it: nothing beedet reads there, other classes than the data's, or weights
+    that do not fit the network. The message names the file. Raised before training."""
+
+
+def load_initial_weights(source: str | os.PathLike, class_names: Sequence[str]) -> tuple[dict[str, Any], str]:
+    """The ``state_dict`` of the beedet checkpoint in ``source``, read as :func:`load_checkpoint`
+    reads (tensors and plain data, trusted targets only), for a run on data of ``class_names``.
+    Returns it and the file it came from, for messages (``<archive>:model.ckpt`` inside an archive).
+
+    ``source``: a checkpoint file (``best.ckpt``); a model artifact archive as a training job leaves
+    it (``model.tar.gz``, :data:`ARCHIVE_SUFFIXES`), whose ``model.ckpt`` (else its only ``.ckpt``)
+    is read without extracting anything; or a directory holding ``model.ckpt`` (an extracted
+    artifact), else exactly one archive or ``.ckpt`` file (a SageMaker ``model`` channel).
+    Raises :class:`InitCheckpointError` when nothing there can be read, or when the checkpoint's
+    class names are not ``class_names`` in the same order (the head's outputs would mean other
+    classes); :class:`UntrustedCheckpoint` as :func:`load_checkpoint` does."""
+    path = Path(source)
+    if path.is_dir():
+        path = _checkpoint_in_directory(path)
+    if not path.is_file():
+        hint = " (an S3 URI is given to a SageMaker job as its `model` channel: +channels.model=...)" \
+            if str(source).startswith("s3:/") else ""
+        raise InitCheckpointError(f"init_checkpoint {source}: no such file or directory{hint}")
+    try:
+        if path.name.lower().endswith(ARCHIVE_SUFFIXES):
+            name, data = _checkpoint_in_archive(path)
+            checkpoint, payload = _read_checkpoint(io.BytesIO(data), name)
+        else:
+            name = str(path)
+            checkpoint, payload = load_checkpoint(path)
+    except (UntrustedCheckpoint, InitCheckpointError):
+        raise
+    except (ValueError, OSError, RuntimeError, EOFError, tarfile.TarError) as exc:
+        raise InitCheckpointError(f"init_checkpoint {source}: cannot read a beedet checkpoint from {path}: {exc}") from exc
+    if list(payload.class_names) != list(class_names):
+        raise InitCheckpointError(
+            f"init_checkpoint {name}: that model was trained on the classes {payload.class_names}, this run's data has "
+            f"{list(class_names)}. Starting from it needs the same classes in the same order (its head's outputs "
+            f"are those classes); give the data the earlier run's class names, or train without init_checkpoint "
+            f"(in a SageMaker job: without the `model` channel)")
+    state_dict = checkpoint.get("state_dict")
+    if not isinstance(state_dict, dict) or not state_dict:
+        raise InitCheckpointError(f"init_checkpoint {name}: the checkpoint holds no state_dict")
+    return state_dict, name
+
+
+def _checkpoint_in_directory(directory: Path) -> Path:
+    if (directory / ARTIFACT_CHECKPOINT).is_file():
+        return directory / ARTIFACT_CHECKPOINT
+    files = sorted(p for p in directory.iterdir() if p.is_file())
+    found = [p for p in files if p.name.lower().endswith((*ARCHIVE_SUFFIXES, ".ckpt"))]
+    if len(found) == 1:
+        return found[0]
+    holds = ", ".join(p.name for p in (found or files)[:10]) or "nothing"
+    raise InitCheckpointError(
+        f"init_checkpoint {directory}: expected {ARTIFACT_CHECKPOINT} (an extracted model artifact) or exactly one "
+        f"model.tar.gz or .ckpt file (a SageMaker `model` channel holds the earlier job's model.tar.gz); found {holds}")
+
+
+def _checkpoint_in_archive(archive: Path) -> tuple[str, bytes]:
+    """``(name, bytes)`` of the artifact checkpoint in ``archive``; nothing is written to disk."""
+    with tarfile.open(archive, "r:*") as tar:
+        files = [m for m in tar.getmembers() if m.isfile()]
+        named = [m for m in files if posixpath.normpath(m.name) == ARTIFACT_CHECKPOINT]
+        found = named or [m for m in files if m.name.lower().endswith(".ckpt")]
+        if len(found) != 1:
+            listed = ", ".join(m.name for m in files[:10]) or "nothing"
+            raise InitCheckpointError(f"init_checkpoint {archive}: expected one {ARTIFACT_CHECKPOINT} in the archive "
+                                      f"(as a beedet training job's model.tar.gz holds it); it holds {listed}")
+        member = tar.extractfile(found[0])
+        assert member is not None  # a regular file
+        return f"{archive}:{posixpath.normpath(found[0].name)}", member.read()
 
 
 def untrusted_targets(config: Any) -> list[str]:

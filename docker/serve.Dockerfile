@@ -12,6 +12,21 @@
 # host=0.0.0.0 port=8080; extra key=value overrides after it still apply. Request and answer formats:
 # beedet/serving/handlers.py; limits (conf/serve.yaml): 6 MB bodies, 40 MP images, 50 s per inference.
 #
+# An endpoint without internet (network isolation, or a VPC with no route out) needs this image: it
+# holds beedet and every dependency and installs nothing at start, where the default PyTorch
+# container pip-installs the artifact's code/requirements.txt. Train with endpoint_image=beedet (the
+# artifact then has no requirements.txt; this image reads only its model.ckpt), then, on x86_64 (or
+# with `docker build --platform linux/amd64`):
+#
+#   aws ecr create-repository --repository-name beedet-serve
+#   aws ecr get-login-password | docker login --username AWS --password-stdin ACCOUNT.dkr.ecr.REGION.amazonaws.com
+#   docker tag beedet-serve ACCOUNT.dkr.ecr.REGION.amazonaws.com/beedet-serve:TAG
+#   docker push ACCOUNT.dkr.ecr.REGION.amazonaws.com/beedet-serve:TAG
+#   python -m beedet.sagemaker.deploy model_data=s3://.../model.tar.gz network_isolation=true image_uri=ACCOUNT.dkr.ecr.REGION.amazonaws.com/beedet-serve:TAG
+#
+# tests/test_offline_serving.py starts this image's command, `python -m beedet.serve serve`, on such an
+# artifact with every non-loopback connection and any pip refused.
+#
 # The same base as docker/train.Dockerfile, so a checkpoint is loaded by the torch that wrote it. The
 # base image brings CUDA-enabled torch and torchvision (a CPU instance runs it too); pip keeps them
 # and adds beedet's other dependencies.

@@ -183,3 +183,143 @@ def test_a_folder_holding_a_coco_file_is_not_taken_for_the_image_format(tmp_path
     with pytest.raises(ValueError, match="holds a COCO file \\(coco.json\\); point at the file itself"):
         detect_format(tmp_path)
     assert detect_format(tmp_path / "coco.json") == "coco"
+
+
+# --- an augmented manifest as a Pipe-mode channel streams it ---------------------------------------
+# SageMaker's "Augmented Manifest File Format for Pipe Mode Training": for each manifest line, one
+# record per name in AttributeNames, in that order; a name ending in -ref sends the S3 object it names
+# (the image), any other its JSON value; RecordWrapperType RecordIO wraps each in a RecordIO record.
+
+
+def _gt_label(size: tuple[int, int], boxes: list[tuple[int, int, int, int, int]]) -> dict:
+    return {"image_size": [{"width": size[0], "height": size[1], "depth": 3}],
+            "annotations": [{"class_id": c, "left": x, "top": y, "width": w, "height": h} for c, x, y, w, h in boxes]}
+
+
+def _gt_metadata(classes: dict[int, str], objects: int) -> dict:
+    return {"objects": [{"confidence": 0.9}] * objects, "class-map": {str(k): v for k, v in classes.items()},
+            "type": "groundtruth/object-detection", "human-annotated": "yes",
+            "creation-date": "2024-05-01T10:00:00.000000", "job-name": "labeling-job/bee-boxes"}
+
+
+def augmented_manifest_stream(lines: list[dict], images: dict[str, bytes], attribute_names: list[str]) -> bytes:
+    """What a Pipe channel with S3DataType AugmentedManifestFile and RecordWrapperType RecordIO carries
+    for these manifest ``lines`` (``images``: S3 URI -> the object's bytes)."""
+    out = b""
+    for line in lines:
+        for name in attribute_names:
+            value = line[name]
+            out += write_record(images[value] if name.endswith("-ref") else json.dumps(value).encode())
+    return out
+
+
+def _feed_pipe(path: Path, data: bytes) -> None:
+    """SageMaker's side of a Pipe channel: a named pipe that a writer fills once a reader opens it."""
+    import os
+    import threading
+
+    os.mkfifo(path)
+
+    def write() -> None:
+        with open(path, "wb") as pipe:
+            pipe.write(data)
+
+    threading.Thread(target=write, daemon=True).start()
+
+
+def _bee_lines(prefix: str, count: int) -> tuple[list[dict], dict[str, bytes]]:
+    lines, images = [], {}
+    for i in range(count):
+        uri = f"s3://bee-bucket/{prefix}/images/f{i}.jpg"
+        # The first image's JPEG comment holds the RecordIO magic word: its record arrives in parts.
+        images[uri] = jpeg(64, 48, comment=b"xx" + struct.pack("<I", MAGIC) + b"bees" if i == 0 else b"")
+        boxes = [(i % 2, 8, 8, 16, 12)] + ([(1, 30, 20, 10, 10)] if i == 1 else [])
+        lines.append({"source-ref": uri, "bee-boxes": _gt_label((64, 48), boxes),
+                      "bee-boxes-metadata": _gt_metadata({0: "bee", 1: "drone"}, len(boxes))})
+    return lines, images
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="named pipes and SageMaker's channels are POSIX")
+def test_augmented_manifest_pipe_channels_become_the_data_sources(tmp_path: Path) -> None:
+    """A job given Ground Truth manifests as the built-in detector takes them (AugmentedManifestFile
+    in Pipe mode): the channels arrive as the pipes train_0 and validation_0, not as folders, and
+    train.py's job mapping reads them into exactly the labels put in; the validation channel sends
+    the built-in's two attributes only (no class map: the names come from train's metadata)."""
+    import threading
+
+    from helpers import compose_config
+
+    from beedet.assembly import build_datamodule
+    from beedet.sagemaker.training_job import job_arguments
+
+    ml = tmp_path / "opt" / "ml"
+    data = ml / "input" / "data"
+    data.mkdir(parents=True)
+    train_lines, train_images = _bee_lines("train", 3)
+    val_lines, val_images = _bee_lines("valid", 2)
+    _feed_pipe(data / "train_0", augmented_manifest_stream(
+        train_lines, train_images, ["source-ref", "bee-boxes", "bee-boxes-metadata"]))
+    _feed_pipe(data / "validation_0", augmented_manifest_stream(val_lines, val_images, ["source-ref", "bee-boxes"]))
+    pipe = {"TrainingInputMode": "Pipe", "S3DistributionType": "FullyReplicated", "RecordWrapperType": "RecordIO",
+            "ContentType": "application/x-recordio"}
+    (ml / "input" / "config").mkdir()
+    (ml / "input" / "config" / "inputdataconfig.json").write_text(json.dumps({"train": pipe, "validation": pipe}))
+    env = {"SAGEMAKER_BASE_DIR": str(ml), "SM_HOSTS": '["algo-1"]', "SM_CURRENT_HOST": "algo-1"}
+
+    cfg = compose_config(job_arguments([], env), run_dir=tmp_path / "run")
+    assert (cfg.data.train.fmt, cfg.data.train.path) == ("manifest-stream", str(data / "train_0"))
+    assert cfg.data.val.path == str(data / "validation_0") and cfg.data.val.extract_dir == str(data / "validation")
+    datamodule = build_datamodule(cfg.data)
+    datamodule.load_labels()
+    assert datamodule.class_names == ["bee", "drone"]
+    assert len(datamodule.train_records) == 3 and len(datamodule.val_records) == 2
+    first, second = sorted(datamodule.train_records, key=lambda r: r.image_path.name)[:2]
+    assert first.image_path.read_bytes() == train_images["s3://bee-bucket/train/images/f0.jpg"]
+    np.testing.assert_array_equal(first.boxes, [[8, 8, 24, 20]])
+    np.testing.assert_array_equal(second.boxes, [[8, 8, 24, 20], [30, 20, 40, 30]])
+    np.testing.assert_array_equal(second.labels, [1, 1])
+    assert first.image_path.parent == data / "train"  # where a File-mode channel's files would be
+
+    # A pipe gives its data once: a second reader (another DDP rank) reads the local copy.
+    from hydra.utils import instantiate
+
+    again: list = []
+    reader = threading.Thread(target=lambda: again.append(instantiate(cfg.data.train, _convert_="all").read()), daemon=True)
+    reader.start()
+    reader.join(timeout=30)
+    assert again and len(again[0].records) == 3, "the second read waited on the used-up pipe"
+
+
+def test_a_captured_manifest_stream_reads_in_any_attribute_order(tmp_path: Path) -> None:
+    lines, images = _bee_lines("train", 2)
+    stream = tmp_path / "train_0"
+    # The image need not come first; without a metadata attribute, class_names name the classes.
+    stream.write_bytes(augmented_manifest_stream(lines, images, ["bee-boxes", "source-ref"]))
+    source = source_for_path(stream, "manifest-stream", extract_dir=tmp_path / "copy", class_names=["bee", "drone"])
+    label_set = source.read()
+    assert label_set.class_names == ["bee", "drone"] and not label_set.problems
+    assert [r.image_path.name for r in label_set.records] == ["000000.jpg", "000001.jpg"]
+    np.testing.assert_array_equal(label_set.records[1].labels, [1, 1])
+    with pytest.raises(ValueError, match="image_root does not apply to manifest-stream"):
+        source_for_path(stream, "manifest-stream", image_root=tmp_path)
+
+
+@pytest.mark.parametrize("case", ["no image", "lines differ", "cut short", "not RecordIO"])
+def test_a_manifest_stream_that_is_not_one_says_why(tmp_path: Path, case: str) -> None:
+    from beedet.data.records import DataError
+
+    lines, images = _bee_lines("train", 3)
+    data = {
+        "no image": augmented_manifest_stream(lines, images, ["bee-boxes", "bee-boxes-metadata"]),
+        # The second line lacks its metadata record: its image arrives where the first line's ended.
+        "lines differ": (augmented_manifest_stream(lines[:1], images, ["source-ref", "bee-boxes", "bee-boxes-metadata"])
+                         + augmented_manifest_stream(lines[1:], images, ["source-ref", "bee-boxes"])),
+        "cut short": augmented_manifest_stream(lines, images, ["source-ref", "bee-boxes"])[:-40],
+        "not RecordIO": b"".join(images.values()),
+    }[case]
+    message = {"no image": "holds no image record", "lines differ": "do not hold the same attributes",
+               "cut short": "ends inside", "not RecordIO": "no RecordIO magic word"}[case]
+    stream = tmp_path / "train_0"
+    stream.write_bytes(data)
+    with pytest.raises(DataError, match=message):
+        source_for_path(stream, "manifest-stream", extract_dir=tmp_path / "copy").read()

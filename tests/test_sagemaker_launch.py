@@ -114,6 +114,46 @@ def test_cli_dry_run_spot_multi_instance_request(no_network, no_account_env, cap
     assert not any(r.startswith(("torch>", "torch=", "torchvision")) for r in requirements)
 
 
+def test_an_augmented_manifest_channel_is_sent_as_the_built_in_takes_it(no_network, no_account_env, capsys):
+    """``channels.train={s3_uri, attribute_names}``: the real SDK Channel, serialised by botocore as
+    CreateTrainingJob sends it, in Pipe mode (SageMaker allows AugmentedManifestFile in no other)
+    with the RecordIO wrapper; the job's own code channels stay in File mode."""
+    from beedet.sagemaker.launch import main
+
+    manifest = "s3://bee-bucket/gt/honeybee/manifests/output/output.manifest"
+    launched = main([*ACCOUNT_SETTINGS, f"channels.train={{s3_uri: {manifest}, attribute_names: [source-ref, honeybee-boxes]}}",
+                     "channels.validation=s3://bee-bucket/honeybee/valid/", "--dry-run"])
+    request = json.loads(capsys.readouterr().out)
+    assert request == launched.request
+    channels = {c["ChannelName"]: c for c in request["InputDataConfig"]}
+    assert channels["train"] == {
+        "ChannelName": "train",
+        "DataSource": {"S3DataSource": {"S3DataType": "AugmentedManifestFile", "S3Uri": manifest,
+                                        "S3DataDistributionType": "FullyReplicated",
+                                        "AttributeNames": ["source-ref", "honeybee-boxes"]}},
+        "ContentType": "application/x-recordio", "RecordWrapperType": "RecordIO", "InputMode": "Pipe"}
+    assert channels["validation"]["DataSource"]["S3DataSource"]["S3DataType"] == "S3Prefix"
+    assert {channels[c].get("InputMode", "File") for c in ("validation", "code", "sm_drivers")} == {"File"}
+    assert request["AlgorithmSpecification"]["TrainingInputMode"] == "File"
+
+
+@pytest.mark.parametrize("channel, message", [
+    ("{s3_uri: s3://b/gt/, attribute_names: [source-ref, bees]}", "the augmented manifest file itself"),
+    ("{s3_uri: s3://b/x.manifest, attribute_names: [bees]}", "exactly one '-ref' attribute"),
+    ("{s3_uri: s3://b/x.manifest, attribute_names: [source-ref, other-ref, bees]}", "exactly one '-ref' attribute"),
+    ("{s3_uri: s3://b/x.manifest, attribute_names: source-ref}", "a list of the manifest keys"),
+    ("{s3_uri: s3://b/x.manifest, attribute_names: [source-ref, bees], input_mode: File}", "unknown key"),
+])
+def test_a_bad_augmented_manifest_channel_is_a_clear_error(channel, message):
+    from beedet.sagemaker.launch import input_channels
+
+    from omegaconf import OmegaConf
+
+    cfg = compose_config([f"channels.train={channel}"], config_name="launch")
+    with pytest.raises(SystemExit, match=message):
+        input_channels(OmegaConf.to_container(cfg.channels, resolve=True))
+
+
 def test_on_demand_single_instance_choices(no_account_env):
     from beedet.sagemaker.aws import AWSSettings
     from beedet.sagemaker.launch import spot_max_wait
@@ -132,9 +172,9 @@ def test_overrides_become_hyperparameters():
     assert training_hyperparameters([
         "+experiment=honeybee_ssd300_resnet50", "trainer.max_epochs=50", "model=ssd300_resnet18",
         "callbacks=[default,early_stopping]", "data.train.s3_prefix=s3://b/p/", "spot=true", "sagemaker.bucket=b",
-        "channels.train=s3://b/t/",
+        "channels.train=s3://b/t/", "endpoint_image=beedet",
     ]) == {"experiment": "honeybee_ssd300_resnet50", "trainer__max_epochs": "50", "model": "ssd300_resnet18",
-           "callbacks": "[default,early_stopping]", "data__train__s3_prefix": "s3://b/p/"}
+           "callbacks": "[default,early_stopping]", "data__train__s3_prefix": "s3://b/p/", "endpoint_image": "beedet"}
     for bad, why in [("optimizer.lr=0.1,0.01", "sweep"), ("~logger", "existing key"), ("+foo=1", "existing key"),
                      ("++seed=3", "existing key"), ("model@net=ssd300_resnet18", "existing key"),
                      ("model/backbone=x", "no spelling there"), (f"name={'b' * 2501}", "at most 2500")]:
@@ -190,7 +230,8 @@ def test_bad_settings_are_clear_errors(no_account_env):
                          (["sagemaker.bucket=s3://bee-bucket/x"], "not an S3 bucket name"),
                          (["channels.train=/data/honeybee"], "a channel is an S3 URI"),
                          (["spot=true", "max_run=3600", "max_wait=600"], "must be at least max_run"),
-                         (["max_wait=7200"], "only for spot jobs")]:
+                         (["max_wait=7200"], "only for spot jobs"),
+                         (["endpoint_image=docker"], "endpoint_image='docker': expected pytorch")]:
         overrides = [*ACCOUNT_SETTINGS, *bad]
         with pytest.raises(SystemExit, match=message):
             launch(compose_config(overrides, config_name="launch"), overrides, dry_run=True)
@@ -212,7 +253,7 @@ def test_deploy_dry_run_requests(no_network, no_account_env):
     container = model["PrimaryContainer"]
     sm = cfg.sagemaker
     assert container["Image"].endswith(f"/pytorch-inference:{sm.framework_version}-gpu-{sm.py_version}")
-    assert container["ModelDataUrl"] == artifact
+    assert container["ModelDataUrl"] == artifact and not model.get("EnableNetworkIsolation")
     # The container runs the artifact's code/inference.py handlers.
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
@@ -223,6 +264,22 @@ def test_deploy_dry_run_requests(no_network, no_account_env):
     endpoint = requests["CreateEndpoint"]
     assert endpoint["EndpointName"] == "beedet-bees"
     assert endpoint["EndpointConfigName"] == requests["CreateEndpointConfig"]["EndpointConfigName"]
+
+
+def test_deploy_without_internet_uses_an_image_of_its_own_with_network_isolation(no_network, no_account_env):
+    """The serving image (docker/serve.Dockerfile, in ECR) holds every dependency, so the Model may
+    be isolated; on the default PyTorch container, which pip-installs at start, that is refused."""
+    from beedet.sagemaker.deploy import deploy
+
+    artifact = "s3://bee-bucket/beedet/beedet-honeybee-tiled/beedet-honeybee-tiled-1/output/model.tar.gz"
+    image = "111122223333.dkr.ecr.eu-west-1.amazonaws.com/beedet-serve:1"
+    base = [*ACCOUNT_SETTINGS, f"model_data={artifact}", "endpoint_name=beedet-bees"]
+    model = deploy(compose_config([*base, f"image_uri={image}", "network_isolation=true"], config_name="deploy"),
+                   dry_run=True).requests["CreateModel"]
+    assert model["EnableNetworkIsolation"] is True
+    assert model["PrimaryContainer"]["Image"] == image and model["PrimaryContainer"]["ModelDataUrl"] == artifact
+    with pytest.raises(SystemExit, match="network_isolation=true needs image_uri"):
+        deploy(compose_config([*base, "network_isolation=true"], config_name="deploy"), dry_run=True)
 
 
 def test_deploy_needs_a_model_artifact_uri(no_account_env):

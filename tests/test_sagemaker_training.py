@@ -193,6 +193,41 @@ def test_job_overrides_map_the_container_onto_the_config(tmp_path, synthetic):
     assert cfg.data.val is None and cfg.data.val_fraction == 0.25
 
 
+def test_the_artifact_is_written_for_the_configured_endpoint_image(tmp_path, synthetic):
+    """``--endpoint_image beedet`` (a train key, so the launcher passes it as a hyperparameter) reaches
+    the model-artifact callback the job adds; an unknown image stops the job when the callback is built."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from beedet.sagemaker.artifact import ModelArtifact
+
+    _, env = _opt_ml(tmp_path, synthetic)
+    for argv, image in (([], "pytorch"), (["--endpoint_image", "beedet"], "beedet")):
+        callback = instantiate(compose_config(job_arguments(argv, env)).callbacks.sagemaker_model_artifact)
+        assert isinstance(callback, ModelArtifact) and callback.endpoint_image == image
+    with pytest.raises(InstantiationException, match="endpoint_image='docker'"):
+        instantiate(compose_config(job_arguments(["--endpoint_image", "docker"], env)).callbacks.sagemaker_model_artifact)
+
+
+def test_pipe_channels_are_read_from_their_pipe(tmp_path, synthetic):
+    """A Pipe-mode channel (inputdataconfig.json, or SM_INPUT_DATA_CONFIG as the drivers set it) is
+    read from its pass-0 pipe beside the channel directory, as an augmented manifest; a Pipe channel
+    without the RecordIO wrapper cannot be split into records and is refused."""
+    ml, env = _opt_ml(tmp_path, synthetic)
+    pipe = {"TrainingInputMode": "Pipe", "RecordWrapperType": "RecordIO", "ContentType": "application/x-recordio"}
+    config = {"train": pipe, "validation": {"TrainingInputMode": "File"}}
+    assert SageMakerEnvironment.from_env({**env, "SM_INPUT_DATA_CONFIG": json.dumps(config)}).input_data_config == config
+    (ml / "input/config/inputdataconfig.json").write_text(json.dumps(config))
+    assert SageMakerEnvironment.from_env(env).input_data_config == config
+    cfg = compose_config(job_arguments([], env))
+    assert cfg.data.train == {"_target_": "beedet.data.sources.source_for_path", "path": str(ml / "input/data/train_0"),
+                              "fmt": "manifest-stream", "extract_dir": str(ml / "input/data/train")}
+    assert cfg.data.val.fmt == "manifest"
+    unwrapped = {**config, "train": {"TrainingInputMode": "Pipe", "RecordWrapperType": "None"}}
+    with pytest.raises(SageMakerJobError, match="Pipe mode with RecordWrapperType None.*AugmentedManifestFile"):
+        job_arguments([], {**env, "SM_INPUT_DATA_CONFIG": json.dumps(unwrapped)})
+
+
 def test_several_instances_need_torchrun(tmp_path, synthetic):
     _, env = _opt_ml(tmp_path, synthetic)
     two = {**env, "SM_HOSTS": '["algo-1", "algo-2"]'}

@@ -22,14 +22,18 @@ Records keep their images inside the ``.rec``; beedet's pipeline reads image fil
 written once to ``extract_dir`` (an identical file already there is left alone, so reading again is
 cheap). With an ``.lst`` (``index \\t A \\t B \\t ... \\t relative/path.jpg``) images keep their names;
 otherwise they are named ``<record id>.jpg|.png``.
+
+:func:`iter_records` reads the same framing from a stream that can be read only once, front to back
+(a SageMaker Pipe-mode channel: ``beedet.data.manifest_stream``).
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -152,6 +156,47 @@ def split_records(data: bytes, name: str) -> tuple[list[RawRecord], list[Problem
         problems.append(Problem(f"{name}: record {len(records)} (offset {start})",
                                 "the file ends inside a multi-part record", "skipped"))
     return records, problems
+
+
+def iter_records(stream: BinaryIO, name: str) -> Iterator[bytes]:
+    """The logical records of a RecordIO byte stream (a pipe: read once, front to back, never whole
+    in memory), continuation parts joined as in :func:`split_records`. A stream cannot be resynced
+    after damage, so any framing error raises :class:`DataError` naming ``name`` and the offset."""
+    offset, parts, start = 0, [], 0
+    while True:
+        header = _read_exactly(stream, 8, name, offset, allow_eof=not parts)
+        if header is None:
+            return
+        magic, lrecord = struct.unpack("<II", header)
+        if magic != MAGIC:
+            raise DataError(f"{name}: offset {offset}: no RecordIO magic word (0x{magic:08x}): not a RecordIO stream, "
+                            "or a damaged one")
+        cflag, length = lrecord >> 29, lrecord & _LENGTH_MASK
+        chunk = _read_exactly(stream, length + (-length % 4), name, offset)[:length]
+        if cflag in (0, 1):
+            if parts:
+                raise DataError(f"{name}: offset {start}: a multi-part record has no end part")
+            parts, start = [chunk], offset
+        elif not parts:
+            raise DataError(f"{name}: offset {offset}: a continuation part (cflag {cflag}) with no start")
+        else:
+            parts += [_MAGIC_BYTES, chunk]
+        offset += 8 + length + (-length % 4)
+        if cflag in (0, 3):
+            yield b"".join(parts)
+            parts = []
+
+
+def _read_exactly(stream: BinaryIO, size: int, name: str, offset: int, allow_eof: bool = False) -> bytes | None:
+    data = b""
+    while len(data) < size:
+        more = stream.read(size - len(data))
+        if not more:
+            if allow_eof and not data:
+                return None
+            raise DataError(f"{name}: offset {offset}: the stream ends inside a record")
+        data += more
+    return data
 
 
 def unpack_payload(payload: bytes) -> tuple[int, np.ndarray, bytes]:

@@ -5,8 +5,8 @@ Hydra instantiates these by ``_target_`` (``conf/data/*.yaml``); the CLIs build 
 
 ``allow_outside_root`` (``data.allow_outside_root``, default false): image paths named by the label
 file may lead outside its data root (:mod:`beedet.data.roots`); otherwise such a record is a
-problem. YOLO and RecordIO sources have no such option: their image paths come from listing a
-folder or are kept inside the extraction folder, so they cannot leave it.
+problem. YOLO, RecordIO and manifest-stream sources have no such option: their image paths come
+from listing a folder or are kept inside the extraction folder, so they cannot leave it.
 There is deliberately no format registry: a new format is a new dataclass here.
 """
 
@@ -27,7 +27,9 @@ from beedet.data.records import LabelSet
 from beedet.data.voc import read_voc
 from beedet.data.yolo import read_yolo
 
-FORMATS = ("auto", "manifest", "coco", "yolo", "recordio", "image-json", "label-studio", "voc")
+# manifest-stream (a SageMaker Pipe channel's augmented manifest) is never detected: reading a pipe to
+# find out what it holds would use it up, so it is asked for by name.
+FORMATS = ("auto", "manifest", "coco", "yolo", "recordio", "image-json", "label-studio", "voc", "manifest-stream")
 
 
 @dataclass
@@ -112,6 +114,35 @@ class RecordIOSource:
 
 
 @dataclass
+class ManifestStreamSource:
+    """A Ground Truth augmented manifest as a SageMaker Pipe-mode channel streams it
+    (``AugmentedManifestFile``, RecordIO-wrapped: the built-in detector's way to take Ground Truth
+    output); see :mod:`beedet.data.manifest_stream`. ``path``: the channel's pipe
+    (``/opt/ml/input/data/<channel>_0``) or a file holding what one carried. Its images and a
+    manifest are written to ``extract_dir`` (default: ``<name>_images/`` beside it) and read from
+    there; a pipe is read once, later reads (other processes too) use that copy. Not a Hydra target
+    of its own: configs name it through :func:`source_for_path` with ``fmt: manifest-stream``."""
+
+    path: str | Path
+    extract_dir: str | Path | None = None
+    class_names: Sequence[str] | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def read(self) -> LabelSet:
+        # Imported here: the stream reader needs POSIX file locks, which only this source uses.
+        from beedet.data.manifest_stream import LABEL_ATTRIBUTE, materialize_stream
+
+        path = Path(self.path)
+        extract_dir = Path(self.extract_dir) if self.extract_dir is not None else path.with_name(f"{path.name}_images")
+        manifest = materialize_stream(path, extract_dir,
+                                      class_names=list(self.class_names) if self.class_names is not None else None)
+        return read_manifest(manifest, label_attribute=LABEL_ATTRIBUTE, local_root=extract_dir)
+
+
+@dataclass
 class ImageJsonSource:
     """The built-in detector's "image format": one JSON per image in ``annotations``, images in
     ``images`` (default: ``train`` beside ``train_annotation``); see :mod:`beedet.data.image_json`."""
@@ -171,7 +202,8 @@ class VocSource:
 
 
 # Every source that reads labelled files (what source_for_path returns).
-FileSource = ManifestSource | CocoSource | YoloSource | RecordIOSource | ImageJsonSource | LabelStudioSource | VocSource
+FileSource = (ManifestSource | CocoSource | YoloSource | RecordIOSource | ImageJsonSource | LabelStudioSource | VocSource
+              | ManifestStreamSource)
 
 
 def _path(value: str | Path | None) -> Path | None:
@@ -302,6 +334,9 @@ def source_for_path(
     elif fmt == "image-json":
         used = {"images"}
         source = ImageJsonSource(path, images=images, allow_outside_root=allow_outside_root)
+    elif fmt == "manifest-stream":
+        used = {"extract_dir", "class_names"}
+        source = ManifestStreamSource(path, extract_dir=extract_dir, class_names=class_names)
     elif fmt == "label-studio":
         used = {"image_root", "class_names", "label_studio_config"}
         source = LabelStudioSource(path, image_root=image_root, class_names=class_names, config=label_studio_config,
@@ -321,7 +356,8 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--format", "--from", dest="format", choices=FORMATS, default="auto",
                        help="input format; auto: .manifest/.jsonl -> manifest, .json -> coco (an object) or "
                             "label-studio (a list), .rec -> recordio, .xml or a folder of them -> voc, a folder with "
-                            "images/ -> yolo, a folder of .json -> image-json")
+                            "images/ -> yolo, a folder of .json -> image-json; manifest-stream (what a SageMaker Pipe "
+                            "channel of an augmented manifest carries) only by name")
     group.add_argument("--label-attribute", help="manifest: the key holding the boxes (default: found automatically)")
     group.add_argument("--local-root", help="manifest: folder that s3:// source-refs map into "
                                             "(default: the manifest's folder)")
@@ -330,10 +366,12 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--image-root", help="coco, label-studio, voc: folder the image paths resolve under")
     group.add_argument("--labels", help="yolo: labels folder (default: the sibling labels/ of images/)")
     group.add_argument("--class-names", type=lambda s: [n.strip() for n in s.split(",")],
-                       help="yolo, recordio, label-studio, voc: comma-separated class names in id order "
-                            "(default: yolo's data.yaml; else class_<i> for recordio, sorted names for the others)")
+                       help="yolo, recordio, label-studio, voc, manifest-stream: comma-separated class names in id "
+                            "order (default: yolo's data.yaml; else class_<i> for recordio and a stream without a "
+                            "class map, sorted names for the others)")
     group.add_argument("--images", help="image-json: the images folder (default: train/ beside train_annotation/)")
-    group.add_argument("--extract-dir", help="recordio: folder the images are extracted to (default: <stem>_images/)")
+    group.add_argument("--extract-dir", help="recordio, manifest-stream: folder the images are extracted to "
+                                             "(default: <stem>_images/, a stream's <name>_images/)")
     group.add_argument("--lst", help="recordio: the im2rec .lst naming the images (default: <stem>.lst if present)")
     group.add_argument("--idx", help="recordio: the .idx index to check (default: <stem>.idx if present)")
     group.add_argument("--label-studio-config", help="label-studio: the labeling config whose labels give the class order")

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import pickle
+import tempfile
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 
 import torch.nn as nn
 from torch import Tensor
-from torch.hub import get_dir
+from torch.hub import get_dir, set_dir
 from torchvision.models import WeightsEnum
 from torchvision.models import (
     ResNet18_Weights,
@@ -165,25 +169,102 @@ class PretrainedWeightsError(RuntimeError):
     which file and the ways to supply it. Raised while the network is built, before training."""
 
 
+# Suffixes of a weight file in a pretrained weights directory (torch hub's files are .pth).
+WEIGHT_FILE_SUFFIXES = (".pth", ".pt")
+# The directory :func:`weights_from_directory` supplies weights from, while it is active.
+_supplied_dir: Path | None = None
+
+
+@contextmanager
+def weights_from_directory(directory: str | os.PathLike) -> Iterator[None]:
+    """While active, :func:`imagenet_state_dict` takes ImageNet weights from ``directory`` (a
+    SageMaker job's ``pretrained`` channel, beedet's ``pretrained_dir``), never from torch hub's
+    cache or the network. The file for ``weights`` is the one named as torchvision names it (the
+    basename of ``weights.url``, e.g. ``resnet50-0676ba61.pth``, as torch hub caches it), else the
+    directory's only ``.pth`` / ``.pt`` file (:data:`WEIGHT_FILE_SUFFIXES`), whatever its name.
+    Meanwhile torch hub's directory is a fresh temporary one, where that file is linked under
+    torchvision's name: the builders that read the hub cache themselves (torchvision's VGG-16 and
+    MobileNet, after :func:`imagenet_state_dict` has checked the file) find it there too. The hub
+    directory is restored on exit."""
+    global _supplied_dir
+    previous_hub, previous_dir = get_dir(), _supplied_dir
+    with tempfile.TemporaryDirectory(prefix="beedet-hub-") as hub:
+        set_dir(hub)
+        _supplied_dir = Path(directory)
+        try:
+            yield
+        finally:
+            set_dir(previous_hub)
+            _supplied_dir = previous_dir
+
+
 def imagenet_state_dict(weights: WeightsEnum) -> dict[str, Tensor]:
     """The ImageNet state dict of ``weights`` through torchvision's weights API: from the torch hub
-    cache, downloading it there first when missing. Without a network and no cached file (or with
-    an unreadable one) it raises :class:`PretrainedWeightsError` naming the file and the ways to
-    supply it: a run that asked for a pretrained base never trains from random weights instead."""
+    cache, downloading it there first when missing (inside :func:`weights_from_directory`: from
+    that directory only). Read with ``weights_only=True``: tensors and plain data, no pickled code.
+    Without a network and no cached file (or with an unreadable one) it raises
+    :class:`PretrainedWeightsError` naming the file and the ways to supply it: a run that asked for
+    a pretrained base never trains from random weights instead."""
+    filename = weights.url.rsplit("/", 1)[-1]
+    if _supplied_dir is None:
+        cache = where = f"{get_dir()}/checkpoints/"
+    else:
+        cache, where = None, str(_supply_from_directory(weights, filename, _supplied_dir))
     try:
-        return weights.get_state_dict(progress=True)
+        return weights.get_state_dict(progress=True, weights_only=True)
     # URLError, socket errors and unreadable files are OSErrors; a truncated or corrupt cached
-    # file fails in torch.load (RuntimeError, EOFError, UnpicklingError).
+    # file fails in torch.load (RuntimeError, EOFError, UnpicklingError: also a file holding
+    # pickled objects other than tensors, which weights_only refuses).
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        filename = weights.url.rsplit("/", 1)[-1]
         raise PretrainedWeightsError(
-            f"model.pretrained_backbone=true (the built-in's use_pretrained_model=1) needs the ImageNet weights "
-            f"{weights} ({filename}), which could not be loaded: {err}. Supply them in one of these ways: put "
-            f"{filename} in {get_dir()}/checkpoints/, torch hub's cache (TORCH_HOME moves it: "
-            f"$TORCH_HOME/hub/checkpoints/), or run with network access so that torch hub downloads it from "
-            f"{weights.url}. To train from random weights on purpose, set model.pretrained_backbone=false "
-            f"(use_pretrained_model=0)."
+            f"{_asks_for(weights, filename)}, which could not be loaded from {where}: {err}. "
+            f"{_ways_to_supply(weights, filename, cache)}"
         ) from err
+
+
+def _supply_from_directory(weights: WeightsEnum, filename: str, directory: Path) -> Path:
+    """Link ``directory``'s file for ``weights`` (see :func:`weights_from_directory`) into torch
+    hub's cache under ``filename``; returns the file. Raises :class:`PretrainedWeightsError` when
+    the directory holds none, or several candidates."""
+    named = directory / filename
+    candidates = []
+    if directory.is_dir():
+        candidates = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in WEIGHT_FILE_SUFFIXES)
+    if named.is_file():
+        found = named
+    elif len(candidates) == 1:
+        found = candidates[0]
+    else:
+        holds = ("several weight files (" + ", ".join(p.name for p in candidates) + ")" if candidates
+                 else "no .pth or .pt file" if directory.is_dir() else "nothing (it is not a directory)")
+        raise PretrainedWeightsError(
+            f"{_asks_for(weights, filename)}; the pretrained weights directory {directory} (pretrained_dir: a "
+            f"SageMaker job's `pretrained` channel) holds {holds}: put {filename} there, under that name or as its "
+            f"only .pth/.pt file. {_ways_to_supply(weights, filename, None)}")
+    link = Path(get_dir()) / "checkpoints" / filename
+    if not link.exists():
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(found.resolve())
+    log.info("ImageNet weights %s from %s (pretrained_dir), not torch hub", weights, found)
+    return found
+
+
+def _asks_for(weights: WeightsEnum, filename: str) -> str:
+    return (f"model.pretrained_backbone=true (the built-in's use_pretrained_model=1) needs the ImageNet weights "
+            f"{weights} ({filename})")
+
+
+def _ways_to_supply(weights: WeightsEnum, filename: str, cache: str | None) -> str:
+    """The ways to supply ``weights``: the SageMaker channels, ``cache`` (torch hub's checkpoints
+    folder; None: inside :func:`weights_from_directory`, whose temporary hub is no place for it),
+    the network, and the switch to train from random weights on purpose."""
+    cache = f"{cache}, torch hub's cache" if cache else "torch hub's cache when no pretrained_dir is given"
+    return (f"Supply them in one of these ways: give a SageMaker job a `pretrained` channel holding {filename} "
+            f"(+channels.pretrained=s3://.../ with the launcher; outside a job, pretrained_dir=DIR); put {filename} in "
+            f"{cache} (TORCH_HOME moves it: $TORCH_HOME/hub/checkpoints/); or run with network access so "
+            f"that torch hub downloads it from {weights.url}. Or start from an earlier beedet model instead: a `model` "
+            f"channel holding its model.tar.gz (outside a job, init_checkpoint=PATH). To train from random weights on "
+            f"purpose, set model.pretrained_backbone=false (use_pretrained_model=0).")
 
 
 def resnet_trunk(depth: int, pretrained: bool) -> tuple[nn.Sequential, int]:

@@ -7,11 +7,23 @@
     code/inference.py     the serving entry point: re-exports model_fn, input_fn, predict_fn and
                           output_fn from ``beedet.serving.handlers``
     code/requirements.txt beedet's runtime dependencies less torch and torchvision, which the
-                          PyTorch serving container provides (its own CUDA build)
+                          PyTorch serving container provides (its own CUDA build); only for
+                          ``endpoint_image="pytorch"``
     code/beedet/          a copy of the beedet package, so inference.py imports it without pip
 
-The serving container puts ``code/`` on ``sys.path`` and pip-installs ``code/requirements.txt``
-before importing ``inference.py``.
+Which image serves the artifact decides whether it carries ``code/requirements.txt``
+(the run config's ``endpoint_image``, one of ``beedet.sagemaker.deploy.ENDPOINT_IMAGES``):
+
+* ``pytorch`` (the default; ``beedet.sagemaker.deploy`` without ``image_uri``): SageMaker's PyTorch
+  inference container puts ``code/`` on ``sys.path`` and, because the file exists, runs ``pip
+  install -r code/requirements.txt`` before importing ``inference.py``. The endpoint therefore needs
+  PyPI at every start: it cannot start under network isolation or in a VPC without internet.
+* ``beedet``: an image built from ``docker/serve.Dockerfile``, which already holds beedet and every
+  dependency and serves ``/opt/ml/model/model.ckpt`` with ``python -m beedet.serve serve``. The
+  artifact has no ``requirements.txt``, so nothing is installed when the endpoint starts and nothing
+  is fetched: it starts without internet (deploy it with ``network_isolation=true``). Served by the
+  PyTorch container instead, such an artifact fails at ``import inference`` (no Hydra, no Lightning
+  there).
 """
 
 from __future__ import annotations
@@ -31,6 +43,7 @@ import torch
 import beedet
 from beedet.best_checkpoint import reported_checkpoint
 from beedet.checkpointing import PAYLOAD_KEY, load_checkpoint
+from beedet.sagemaker.deploy import check_endpoint_image
 
 PACKAGE_DIR = Path(beedet.__file__).resolve().parent
 # Provided by the SageMaker PyTorch serving container, built for its CUDA: never pip-installed over it.
@@ -54,24 +67,34 @@ __all__ = {list(HANDLER_NAMES)!r}
 class ModelArtifact(pl.Callback):
     """Writes the model artifact (:func:`write_model_artifact`) of the run's best checkpoint
     (``trainer.checkpoint_callback.best_model_path``, else the last one saved) into ``model_dir``
-    when fitting ends, on global rank 0. A SageMaker training job adds it (``job_overrides`` in
-    ``beedet.sagemaker.training_job``) with its ``SM_MODEL_DIR``: what SageMaker keeps as
-    model.tar.gz is the checkpoint plus the serving code."""
+    when fitting ends, on global rank 0, for ``endpoint_image`` (``pytorch`` or ``beedet``). A
+    SageMaker training job adds it (``job_overrides`` in ``beedet.sagemaker.training_job``) with its
+    ``SM_MODEL_DIR`` and the run config's ``endpoint_image``: what SageMaker keeps as model.tar.gz
+    is the checkpoint plus the serving code. Raises ``ValueError`` for an unknown image, when the
+    callback is built (before training)."""
 
-    def __init__(self, model_dir: str) -> None:
+    def __init__(self, model_dir: str, endpoint_image: str = "pytorch") -> None:
+        check_endpoint_image(endpoint_image)
         self.model_dir = model_dir
+        self.endpoint_image = endpoint_image
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         best = reported_checkpoint(trainer)
         if trainer.is_global_zero and best:
-            write_model_artifact(self.model_dir, best)
+            write_model_artifact(self.model_dir, best, endpoint_image=self.endpoint_image)
 
 
 def write_model_artifact(model_dir: str | os.PathLike, checkpoint: str | os.PathLike,
-                         requirements: Sequence[str] | None = None) -> Path:
+                         requirements: Sequence[str] | None = None, *, endpoint_image: str = "pytorch") -> Path:
     """Write the artifact (see the module docstring) for ``checkpoint`` (a beedet training
     checkpoint) into ``model_dir``, replacing an earlier artifact's files there. ``requirements``:
-    the lines of code/requirements.txt; None: :func:`runtime_requirements`. Returns ``model_dir``."""
+    the lines of code/requirements.txt; None: :func:`runtime_requirements`. ``endpoint_image``:
+    ``pytorch`` writes code/requirements.txt, ``beedet`` writes none (and takes no
+    ``requirements``): nothing is installed when the endpoint starts. Returns ``model_dir``."""
+    check_endpoint_image(endpoint_image)
+    if endpoint_image != "pytorch" and requirements is not None:
+        raise ValueError(f"requirements are for endpoint_image='pytorch'; an endpoint_image={endpoint_image!r} "
+                         "artifact installs nothing (its image holds every dependency)")
     model_dir = Path(model_dir)
     # The same safe read as serving's: tensors and plain data, trusted targets only.
     full, payload = load_checkpoint(checkpoint)
@@ -85,8 +108,9 @@ def write_model_artifact(model_dir: str | os.PathLike, checkpoint: str | os.Path
         shutil.rmtree(code)
     shutil.copytree(PACKAGE_DIR, code / "beedet", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (code / "inference.py").write_text(INFERENCE_SOURCE)
-    lines = runtime_requirements() if requirements is None else list(requirements)
-    (code / "requirements.txt").write_text("".join(line + "\n" for line in lines))
+    if endpoint_image == "pytorch":
+        lines = runtime_requirements() if requirements is None else list(requirements)
+        (code / "requirements.txt").write_text("".join(line + "\n" for line in lines))
     return model_dir
 
 

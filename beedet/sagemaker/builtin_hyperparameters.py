@@ -38,7 +38,8 @@ and, where it says "see MXNet's API", MXNet 1.x's optimizers:
 
 Where beedet cannot do what the built-in did (VGG-16 at 512 px, ``dist_async``, another evaluation
 IoU), the job stops with the reason; an ImageNet base that cannot be loaded stops the job when the
-network is built, before training (``beedet.models.backbones.PretrainedWeightsError``).
+network is built, before training (``beedet.models.backbones.PretrainedWeightsError``, naming the
+``pretrained`` and ``model`` channels; it is also the job's failure reason).
 
 The table (:data:`BUILTIN_HYPERPARAMETERS`) is the documentation: the README's migration table is
 written from it and ``tests/test_builtin_hyperparameters.py`` walks it.
@@ -111,8 +112,10 @@ BUILTIN_HYPERPARAMETERS: tuple[BuiltinHyperparameter, ...] = (
     BuiltinHyperparameter("base_network", "`model`", "`vgg-16` -> `ssd300_vgg16`; `resnet-50` -> `ssd300_resnet50` "
                           "(`ssd512_resnet50` with `image_shape=512`)", default="vgg-16"),
     BuiltinHyperparameter("use_pretrained_model", "`model.pretrained_backbone`", "`1`: ImageNet weights for the base "
-                          "network from the torch hub cache (downloaded when online); a job that cannot load them "
-                          "stops before training, saying where to put the file", default="1"),
+                          "network from the job's `pretrained` channel, else the torch hub cache (downloaded when "
+                          "online); a job that cannot load them stops before training, naming the ways to supply them. "
+                          "With a `model` channel (incremental training) the network starts from that model instead",
+                          default="1"),
     BuiltinHyperparameter("num_classes", "`data.num_classes`", "the head gets this many classes; the data may use "
                           "fewer ids (unused ones are named `class_<i>`), never more"),
     BuiltinHyperparameter("num_training_samples", "(none)", "beedet counts the training images itself; accepted "

@@ -14,6 +14,18 @@ and serves the handlers of ``code/inference.py`` (``SAGEMAKER_PROGRAM`` /
 all named ``endpoint_name``, and waits until the endpoint is in service (``wait=false``: it
 returns once creation has started).
 
+Without internet (network isolation, or a VPC with no route out): the PyTorch container's start
+pip-installs ``code/requirements.txt``, which fails there. Serve the model from an image that already
+holds beedet and its dependencies instead, ``docker/serve.Dockerfile`` pushed to ECR (its header has
+the commands), trained with ``endpoint_image=beedet`` so that the artifact carries no requirements::
+
+    python -m beedet.sagemaker.deploy model_data=s3://.../model.tar.gz network_isolation=true \\
+        image_uri=ACCOUNT.dkr.ecr.REGION.amazonaws.com/beedet-serve:TAG
+
+``network_isolation=true`` sets ``EnableNetworkIsolation`` on the Model (SDK v3: ``ModelBuilder(network=
+Networking(enable_network_isolation=True))``): the container can reach nothing, SageMaker still
+fetches ``model_data`` for it. It is refused without ``image_uri``, where it could only fail at start.
+
 ``--dry-run`` runs the same SDK code against an offline AWS (``beedet.sagemaker.offline``) and
 prints ``{"CreateModel": ..., "CreateEndpointConfig": ..., "CreateEndpoint": ...}``, the requests
 as they would be sent. No AWS access needed.
@@ -47,6 +59,10 @@ log = logging.getLogger("beedet.sagemaker.deploy")
 # lives in once model.tar.gz is unpacked to /opt/ml/model.
 INFERENCE_ENVIRONMENT = {"SAGEMAKER_PROGRAM": "inference.py", "SAGEMAKER_SUBMIT_DIRECTORY": "/opt/ml/model/code"}
 DEPLOY_OPERATIONS = ("CreateModel", "CreateEndpointConfig", "CreateEndpoint")
+# What serves a training job's model artifact (the train config's endpoint_image; beedet.sagemaker.artifact
+# writes for it): the PyTorch inference container, which pip-installs the artifact's code/requirements.txt at
+# start, or an image built from docker/serve.Dockerfile, which holds every dependency and installs nothing.
+ENDPOINT_IMAGES = ("pytorch", "beedet")
 
 
 def check_model_data(uri: str) -> str:
@@ -84,18 +100,41 @@ def import_sagemaker_serve(region: str, dry_run: bool) -> None:
 
 
 def build_model_builder(session, *, role: str, region: str, image_uri: str, model_data: str,
-                        instance_type: str, environment: Mapping[str, str]):
+                        instance_type: str, environment: Mapping[str, str], network_isolation: bool = False):
     """A ``ModelBuilder`` for the PyTorch inference container serving ``model_data`` (call
-    :func:`import_sagemaker_serve` first).
+    :func:`import_sagemaker_serve` first). ``network_isolation``: the Model's container gets no
+    network access (``EnableNetworkIsolation``).
 
     ModelBuilder's image-only ("pass-through") path: an ``image_uri`` with a model artifact and
     no model object or InferenceSpec, so the SDK neither repackages the artifact nor picks a
-    model server of its own; the container runs the artifact's ``code/inference.py``."""
+    model server of its own; the container runs the artifact's ``code/inference.py`` (an image
+    built from docker/serve.Dockerfile serves its ``model.ckpt`` with ``beedet.serve`` instead)."""
+    from sagemaker.core.training.configs import Networking
     from sagemaker.serve.model_builder import ModelBuilder
 
     env = {**INFERENCE_ENVIRONMENT, "SAGEMAKER_CONTAINER_LOG_LEVEL": "20", "SAGEMAKER_REGION": region, **environment}
+    network = Networking(enable_network_isolation=True) if network_isolation else None
     return ModelBuilder(image_uri=image_uri, s3_model_data_url=model_data, role_arn=role, sagemaker_session=session,
-                        instance_type=instance_type, env_vars=env, log_level=logging.WARNING)
+                        instance_type=instance_type, env_vars=env, network=network, log_level=logging.WARNING)
+
+
+def check_endpoint_image(endpoint_image: str) -> str:
+    """``endpoint_image`` if it is one of :data:`ENDPOINT_IMAGES`; else ``ValueError`` saying what each means."""
+    if endpoint_image not in ENDPOINT_IMAGES:
+        raise ValueError(f"endpoint_image={endpoint_image!r}: expected pytorch (SageMaker's PyTorch inference "
+                         "container, which pip-installs the artifact's requirements at start) or beedet (an image "
+                         "built from docker/serve.Dockerfile, holding every dependency: starts without internet)")
+    return endpoint_image
+
+
+def check_network_isolation(network_isolation: bool, image_uri: str | None) -> None:
+    """``SystemExit`` for an isolated endpoint on the default PyTorch container (``image_uri``
+    None): its start pip-installs the artifact's requirements, which cannot work without network."""
+    if network_isolation and not image_uri:
+        raise SystemExit("network_isolation=true needs image_uri=<an image holding beedet and its dependencies>: the "
+                         "default PyTorch inference container pip-installs the artifact's code/requirements.txt at start, "
+                         "which fails without network. Build and push docker/serve.Dockerfile (see its header), train "
+                         "with endpoint_image=beedet, and deploy with image_uri=<its ECR URI>")
 
 
 @dataclass
@@ -120,12 +159,14 @@ def deploy(cfg: DictConfig, dry_run: bool) -> DeployedEndpoint:
         model_data = check_model_data(cfg.model_data)
     except MissingMandatoryValue:
         raise SystemExit("model_data is required: model_data=s3://.../model.tar.gz (a beedet training job's artifact)") from None
+    check_network_isolation(cfg.network_isolation, cfg.image_uri)
     import_sagemaker_serve(settings.region, dry_run)
     session, offline = open_session(settings, dry_run)
     builder = build_model_builder(
         session, role=settings.role, region=settings.region,
         image_uri=cfg.image_uri or settings.image_uri("inference", cfg.instance_type), model_data=model_data,
         instance_type=cfg.instance_type, environment=OmegaConf.to_container(cfg.environment, resolve=True),
+        network_isolation=cfg.network_isolation,
     )
     builder.build(model_name=cfg.endpoint_name)
     # wait=False in a dry run: there is no endpoint to wait for, only the requests.

@@ -15,6 +15,8 @@ driver (``sm_training.env``) runs the script, the ``SM_*`` variables set; both s
 ``SM_CURRENT_HOST``        this instance's host name
 ``SM_NUM_GPUS``            GPUs on this instance; ``SM_NUM_CPUS`` likewise
 ``SM_HPS``                 JSON object of the hyperparameters (also passed as ``--key value``)
+``SM_INPUT_DATA_CONFIG``   JSON object: each channel's entry of ``inputdataconfig.json``
+                           (``TrainingInputMode`` File or Pipe, ``RecordWrapperType``, ``ContentType``)
 ``SM_TRAINING_ENV``        JSON object holding all of the above (``channel_input_dirs``, ``hosts``,
                            ``current_host``, ``hyperparameters``, ``model_dir``, ``output_data_dir``,
                            ``num_gpus``, ``num_cpus``, ``job_name``, ...)
@@ -75,6 +77,10 @@ class SageMakerEnvironment:
         num_gpus, num_cpus: this instance's GPUs and CPUs (-1: not given; Lightning counts them).
         hyperparameters: the job's hyperparameters (``SM_HPS``, else ``hyperparameters.json``).
         job_name: the training job's name, when given.
+        input_data_config: channel name -> its ``inputdataconfig.json`` entry
+            (``SM_INPUT_DATA_CONFIG``, else that file; {} when neither is there). Its
+            ``TrainingInputMode`` says how the channel arrives: File (and FastFile) as a folder at
+            its directory, Pipe as a named pipe per pass, ``<input>/data/<channel>_<pass>``.
     """
 
     channels: dict[str, Path]
@@ -88,6 +94,7 @@ class SageMakerEnvironment:
     num_cpus: int
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     job_name: str | None = None
+    input_data_config: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def host_rank(self) -> int:
@@ -139,6 +146,7 @@ class SageMakerEnvironment:
             num_cpus=_int(env, "SM_NUM_CPUS", training_env.get("num_cpus", -1)),
             hyperparameters=dict(hyperparameters),
             job_name=env.get("TRAINING_JOB_NAME") or training_env.get("job_name"),
+            input_data_config=_input_data_config(env, training_env, config_dir / "inputdataconfig.json"),
         )
 
 
@@ -197,6 +205,15 @@ def _channels(env: Mapping[str, str], training_env: Mapping[str, Any], data_dir:
         value = env.get(f"SM_CHANNEL_{str(name).upper()}") or dirs.get(str(name))
         channels[str(name)] = Path(value) if value else data_dir / str(name)
     return channels
+
+
+def _input_data_config(env: Mapping[str, str], training_env: Mapping[str, Any], config_file: Path) -> dict[str, dict]:
+    config = _json(env, "SM_INPUT_DATA_CONFIG", dict, default=None)
+    if config is None:
+        config = training_env.get("input_data_config")
+    if not isinstance(config, dict):
+        config = _json_file(config_file)
+    return {str(name): dict(entry) for name, entry in config.items() if isinstance(entry, dict)}
 
 
 def _checkpoint_dir(config_file: Path, default: Path) -> Path:

@@ -12,7 +12,10 @@ hyperparameters, encoded so that the SDK's container driver passes them on uncha
 (``--experiment honeybee_tiled --trainer__max_epochs 50``; ``beedet.sagemaker.hyperparameters``),
 which ``train.py`` decodes and maps back onto the same overrides. The job's code is one archive
 of this checkout's ``train.py``, ``beedet/`` and ``conf/`` plus a ``requirements.txt`` of beedet's
-dependencies (the container brings torch and torchvision). Channels become ``SM_CHANNEL_<NAME>``; checkpoints are synced between
+dependencies (the container brings torch and torchvision). Channels become ``SM_CHANNEL_<NAME>``
+(an S3 prefix copied into the channel directory; or a Ground Truth augmented manifest streamed in
+Pipe mode as the built-in detector takes it, ``channels.train={s3_uri: s3://BUCKET/train.manifest,
+attribute_names: [source-ref, LABEL]}``: :func:`augmented_manifest_channel`); checkpoints are synced between
 ``/opt/ml/checkpoints`` and S3, so a job restarted after a spot interruption resumes; the log
 regexes of ``beedet.sagemaker.metrics`` become the job's metric definitions; with more than one
 instance the SDK's torchrun driver starts ``train.py`` on every node.
@@ -45,6 +48,7 @@ from beedet.sagemaker.aws import (
     quiet_offline_sdk,
     require_sagemaker_sdk,
 )
+from beedet.sagemaker.deploy import check_endpoint_image
 from beedet.sagemaker.hyperparameters import HyperparameterError, encode_hyperparameters
 from beedet.sagemaker.offline import OfflineAWS
 
@@ -165,19 +169,73 @@ def metric_definitions() -> list:
     return [MetricDefinition(name=d["Name"], regex=d["Regex"]) for d in METRIC_DEFINITIONS]
 
 
-def input_channels(channels: Mapping[str, str | None]) -> list:
-    """``{name: s3 URI}`` (entries set to null skipped) as SDK ``InputData``; raises ``SystemExit``
-    for a value that is not an S3 URI."""
+def input_channels(channels: Mapping[str, str | Mapping | None]) -> list:
+    """The job's data channels from ``conf/launch.yaml``'s ``channels`` (entries set to null
+    skipped): an S3 prefix (``s3://bucket/prefix/``) becomes SDK ``InputData``, copied into the
+    channel directory (File mode); ``{s3_uri: s3://.../x.manifest, attribute_names: [source-ref,
+    LABEL]}`` becomes the augmented-manifest ``Channel`` of :func:`augmented_manifest_channel`.
+    Raises ``SystemExit`` for anything else, saying what a channel may be."""
     from sagemaker.core.training.configs import InputData
 
     inputs = []
-    for name, uri in channels.items():
-        if uri is None:
+    for name, value in channels.items():
+        if value is None:
             continue
-        if not str(uri).startswith("s3://"):
-            raise SystemExit(f"channels.{name}={uri!r}: a channel is an S3 URI (s3://bucket/prefix/); upload local data first")
-        inputs.append(InputData(channel_name=name, data_source=str(uri)))
+        if isinstance(value, Mapping):
+            inputs.append(augmented_manifest_channel(name, value))
+            continue
+        if not str(value).startswith("s3://"):
+            raise SystemExit(f"channels.{name}={value!r}: a channel is an S3 URI (s3://bucket/prefix/), or an augmented "
+                             "manifest as {s3_uri: s3://bucket/x.manifest, attribute_names: [source-ref, LABEL]}; "
+                             "upload local data first")
+        inputs.append(InputData(channel_name=name, data_source=str(value)))
     return inputs
+
+
+# What a channel given as a mapping may hold (an augmented manifest), and SageMaker's limit on AttributeNames.
+AUGMENTED_MANIFEST_KEYS = ("s3_uri", "attribute_names")
+MAX_ATTRIBUTE_NAMES = 16
+
+
+def augmented_manifest_channel(name: str, spec: Mapping):
+    """The SDK ``Channel`` for a Ground Truth augmented manifest, as SageMaker's built-in Object
+    Detection algorithm takes one: ``S3DataType=AugmentedManifestFile`` with ``spec``'s ``s3_uri``
+    (the manifest object) and ``attribute_names`` (the line keys to send, in order), in Pipe mode
+    (the only input mode SageMaker allows for that data type; this channel's own, the job's code
+    channels stay in File mode), ``RecordWrapperType=RecordIO`` and
+    ``ContentType=application/x-recordio``. For each manifest line SageMaker then streams one
+    RecordIO record per attribute: the S3 object a ``-ref`` attribute names (the image), the JSON
+    value of any other; train.py reads that stream (``beedet.data.manifest_stream``), which needs
+    exactly one ``-ref`` attribute (the image) and at least one other (the boxes; add
+    ``LABEL-metadata`` for the class names). Raises ``SystemExit`` naming what is wrong."""
+    from sagemaker.core.training.configs import Channel, DataSource, S3DataSource
+
+    where = f"channels.{name}"
+    unknown = sorted(set(spec) - set(AUGMENTED_MANIFEST_KEYS))
+    if unknown:
+        raise SystemExit(f"{where}: unknown key(s) {', '.join(unknown)}; an augmented-manifest channel takes "
+                         f"{{s3_uri: s3://bucket/x.manifest, attribute_names: [source-ref, LABEL]}}")
+    uri, names = spec.get("s3_uri"), spec.get("attribute_names")
+    if not isinstance(uri, str) or not uri.startswith("s3://") or uri.endswith("/"):
+        raise SystemExit(f"{where}.s3_uri={uri!r}: the S3 URI of the augmented manifest file itself "
+                         "(s3://bucket/prefix/output.manifest, a Ground Truth job's output manifest)")
+    if isinstance(names, str) or not isinstance(names, Sequence) or not all(isinstance(n, str) and n for n in names):
+        raise SystemExit(f"{where}.attribute_names={names!r}: a list of the manifest keys to send, e.g. [source-ref, LABEL]")
+    refs = [n for n in names if n.endswith("-ref")]
+    if len(refs) != 1 or len(names) < 2 or len(names) > MAX_ATTRIBUTE_NAMES or len(set(names)) != len(names):
+        raise SystemExit(f"{where}.attribute_names={list(names)}: beedet takes one image per line, so exactly one "
+                         "'-ref' attribute (source-ref, whose S3 object SageMaker sends), plus the label attribute "
+                         f"holding the boxes (and its '-metadata' for class names); at most {MAX_ATTRIBUTE_NAMES}, "
+                         "each once. The built-in algorithm takes [source-ref, LABEL]")
+    return Channel(
+        channel_name=name,
+        data_source=DataSource(s3_data_source=S3DataSource(
+            s3_data_type="AugmentedManifestFile", s3_uri=uri, s3_data_distribution_type="FullyReplicated",
+            attribute_names=list(names))),
+        content_type="application/x-recordio",
+        record_wrapper_type="RecordIO",
+        input_mode="Pipe",
+    )
 
 
 def job_name_base(name: str) -> str:
@@ -259,6 +317,12 @@ def launch(cfg: DictConfig, overrides: Sequence[str], dry_run: bool) -> Launched
     settings = AWSSettings.from_config(sm.region, sm.role, sm.bucket, sm.prefix, sm.framework_version, sm.py_version,
                                        config_name="launch")
     hyperparameters = training_hyperparameters(overrides)
+    try:
+        # What will serve the job's model artifact decides what the artifact carries: check it here,
+        # not in the job after an instance has started.
+        check_endpoint_image(cfg.endpoint_image)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     inputs = input_channels(OmegaConf.to_container(cfg.channels, resolve=True))
     max_wait = spot_max_wait(cfg.spot, cfg.max_run, cfg.max_wait)
     torchrun = cfg.torchrun if cfg.torchrun is not None else cfg.instance_count > 1

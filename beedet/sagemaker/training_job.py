@@ -14,8 +14,19 @@ How the container becomes overrides (each skipped when the job's hyperparameters
   (``*.manifest`` / ``*.jsonl``, its ``s3://`` source-refs resolved into the channel directory),
   else the built-in detector's RecordIO ``*.rec``, else a COCO (or Label Studio) ``*.json``, else
   a YOLO ``images/`` + ``labels/`` folder; with a ``train_annotation`` (``validation_annotation``)
-  channel beside it, the built-in detector's image format: images here, one JSON per image there. Other channels (the SDK v3's
+  channel beside it, the built-in detector's image format: images here, one JSON per image there. A
+  channel in Pipe mode is the built-in detector's augmented manifest (``AugmentedManifestFile``,
+  RecordIO-wrapped): its pipe ``<channel>_0`` is read once into the channel directory
+  (:func:`pipe_channel_source`). Other channels (the SDK v3's
   ``code`` and ``sm_drivers``, or ``test``) are not training data and are left alone.
+* **weights channels**: ``pretrained`` -> ``pretrained_dir`` (the ImageNet weight file
+  ``model.pretrained_backbone`` loads: the one named as torchvision names it, e.g.
+  ``resnet50-0676ba61.pth``, else the channel's only ``.pth``/``.pt``; never downloaded), ``model``
+  -> ``init_checkpoint`` (the built-in's incremental training: an earlier job's ``model.tar.gz``, or
+  its extracted files, whose weights the network starts from; same classes, fresh optimizer).
+* **failures**: why train.py stopped (a hyperparameter it cannot map, a pretrained base it cannot
+  get, any error while training: :func:`job_failure_reported`) is also written to
+  ``$SM_OUTPUT_DIR/failure``, which SageMaker shows as the job's FailureReason.
 * **outputs**: ``run_dir=$SM_OUTPUT_DATA_DIR`` (metrics.json, report.md, data_report.md, .hydra/:
   SageMaker packs them into ``output.tar.gz``); TensorBoard events go to
   ``$SM_OUTPUT_DIR/tensorboard/<job name>``, under the path a TensorBoardOutputConfig uploads to S3
@@ -37,16 +48,19 @@ from __future__ import annotations
 import functools
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
+from beedet.checkpointing import InitCheckpointError, UntrustedCheckpoint
 from beedet.compose import CONF_DIR
 from beedet.data.image_json import ANNOTATION_SUFFIX
 from beedet.data.sources import detect_format
+from beedet.models.backbones import PretrainedWeightsError
 from beedet.sagemaker.builtin_hyperparameters import NAMES as BUILTIN_NAMES
 from beedet.sagemaker.builtin_hyperparameters import log_notes as log_builtin_notes
 from beedet.sagemaker.builtin_hyperparameters import translate
@@ -70,6 +84,12 @@ DATA_CHANNELS: dict[str, str] = {"train": "train", "training": "train", "validat
 # Manifest file names that say which split a manifest is, when one channel holds several.
 _SPLIT_STEMS = {"train": ("train", "training"), "val": ("validation", "valid", "val")}
 MANIFEST_SUFFIXES = (".manifest", ".jsonl")
+# Channels that bring weights, not data -> the train config key each sets (README: SageMaker).
+# `model` is the built-in algorithm's channel for incremental training; `pretrained` is beedet's.
+WEIGHTS_CHANNELS: dict[str, str] = {"pretrained": "pretrained_dir", "model": "init_checkpoint"}
+# The errors by which beedet stops a run with a message for the user: a job's failure reason is
+# that message, not the wrapper's (Hydra's InstantiationException) or its cause's (a socket error).
+_STOP_ERRORS = (PretrainedWeightsError, InitCheckpointError, UntrustedCheckpoint)
 # Hydra's own command-line flags: `python train.py -m optimizer.lr=1e-3,3e-3` is Hydra's, not a job's.
 _HYDRA_FLAGS = frozenset({"-m", "--multirun", "-c", "--cfg", "-p", "--package", "-r", "--run", "-i", "--info",
                           "-h", "--help", "--hydra-help", "--version", "--resolve", "-sc", "--shell-completion",
@@ -221,8 +241,15 @@ def job_overrides(sm: SageMakerEnvironment, cfg: DictConfig, hyperparameters: Ma
     if cfg.get("callbacks") is not None:
         # What SageMaker keeps as model.tar.gz: the best checkpoint plus the serving code.
         artifact = {"_target_": "beedet.sagemaker.artifact.ModelArtifact", "model_dir": str(sm.model_dir)}
+        if "endpoint_image" in cfg:
+            # Interpolated, so that --endpoint_image beedet (after these overrides) decides.
+            artifact["endpoint_image"] = "${endpoint_image}"
         overrides.append(f"+callbacks.sagemaker_model_artifact={_hydra_dict(artifact)}")
-    overrides += _channel_overrides(sm.channels, hyperparameters)
+    overrides += _channel_overrides(sm.channels, hyperparameters, sm.input_data_config)
+    channels = {name.lower(): directory for name, directory in sm.channels.items()}
+    for name, key in WEIGHTS_CHANNELS.items():
+        if name in channels and key in cfg and unset(key):
+            overrides.append(f"{key}={_quote(channels[name])}")
     if len(sm.hosts) > 1 and unset("trainer.num_nodes"):
         if not any(env.get(name) for name in _TORCHRUN_VARIABLES):
             raise SageMakerJobError(
@@ -293,7 +320,27 @@ def _labels_in_channel(channel_dir: Path, split: str, channel: str, where: str, 
         f"a YOLO images/ + labels/ folder, or images with a '{channel}_annotation' channel of per-image JSON; found {found}")
 
 
-def _channel_overrides(channels: Mapping[str, Path], hyperparameters: Mapping[str, str]) -> list[str]:
+def pipe_channel_source(channel_dir: Path, split: str, channel: str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``beedet.data.sources`` config reading a Pipe-mode channel (``config``: its
+    ``inputdataconfig.json`` entry) for ``split``: an augmented manifest as SageMaker streams it
+    (``S3DataType=AugmentedManifestFile``, the only S3 data type whose records beedet can tell apart
+    in a pipe, with ``RecordWrapperType=RecordIO``), read from the pass-0 pipe beside
+    ``channel_dir`` into ``channel_dir`` itself (:mod:`beedet.data.manifest_stream`), where a
+    File-mode channel's files would be. Raises :class:`SageMakerJobError` for any other Pipe
+    channel."""
+    channel_dir = Path(channel_dir)
+    wrapper = config.get("RecordWrapperType") or "None"
+    if wrapper != "RecordIO":
+        raise SageMakerJobError(
+            f"channel '{channel}' is in Pipe mode with RecordWrapperType {wrapper}: beedet reads a Pipe channel only "
+            "as an augmented manifest (S3DataType AugmentedManifestFile with AttributeNames, RecordWrapperType RecordIO, "
+            f"as the built-in detector takes Ground Truth output); give other {split} data as a File-mode channel")
+    return {"_target_": "beedet.data.sources.source_for_path", "path": str(channel_dir.parent / f"{channel}_0"),
+            "fmt": "manifest-stream", "extract_dir": str(channel_dir)}
+
+
+def _channel_overrides(channels: Mapping[str, Path], hyperparameters: Mapping[str, str],
+                       input_data_config: Mapping[str, Mapping[str, Any]] | None = None) -> list[str]:
     def unset(key: str) -> bool:
         return key not in hyperparameters
 
@@ -310,8 +357,12 @@ def _channel_overrides(channels: Mapping[str, Path], hyperparameters: Mapping[st
         name, directory = by_split[split]
         annotations = {n.lower(): d for n, d in channels.items()}.get(f"{name.lower()}{ANNOTATION_SUFFIX}")
         # Delete, then add: a source of another type (synthetic -> manifest) has other keys.
-        source = channel_source(directory, split, name, manifest=hyperparameters.get(f"{key}.path"),
-                                annotation_dir=annotations)
+        config = (input_data_config or {}).get(name) or {}
+        if config.get("TrainingInputMode") == "Pipe":
+            source = pipe_channel_source(directory, split, name, config)
+        else:
+            source = channel_source(directory, split, name, manifest=hyperparameters.get(f"{key}.path"),
+                                    annotation_dir=annotations)
         overrides += [f"~{key}", f"+{key}={_hydra_dict(source)}"]
         if split == "train" and unset("data.root"):
             overrides.append(f"data.root={_quote(directory)}")
@@ -330,6 +381,35 @@ def _quote(value: Any) -> str:
 def _hydra_dict(values: Mapping[str, Any]) -> str:
     items = ["{}:{}".format(k, "null" if v is None else _quote(v)) for k, v in values.items()]
     return "{" + ",".join(items) + "}"
+
+
+@contextmanager
+def job_failure_reported(env: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Inside a SageMaker training job (``env``, default ``os.environ``, says so), an exception
+    that ends the block also goes to the job's failure file, which SageMaker shows as the job's
+    FailureReason, then propagates unchanged: ``train.py: <message>``, where the message is that
+    of beedet's own error in the exception's chain (a pretrained base that cannot be loaded, a
+    ``model`` channel that cannot start the run: each names the file and the ways to fix it),
+    else ``<type>: <message>`` of the exception. Outside a job it does nothing."""
+    env = os.environ if env is None else env
+    try:
+        yield
+    except Exception as exc:
+        if running_under_sagemaker(env):
+            _write_failure(env, f"train.py: {failure_message(exc)}")
+        raise
+
+
+def failure_message(exc: BaseException) -> str:
+    """The message that says why ``exc`` stopped the run (see :func:`job_failure_reported`)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, _STOP_ERRORS):
+            return str(cause)
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _write_failure(env: Mapping[str, str], message: str) -> None:
