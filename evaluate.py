@@ -18,8 +18,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from beedet.assembly import build_datamodule, evaluation_precision, load_system
-from beedet.reporting import count_threshold_source, report_run
-from beedet.visualize import write_overlays
+from beedet.reporting.overlays import write_overlays
+from beedet.reporting.run_report import count_threshold_source, report_run
 
 
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")

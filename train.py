@@ -20,9 +20,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from beedet.assembly import build_datamodule, build_system_for_data, build_trainer
-from beedet.best_checkpoint import validate_best_checkpoint
-from beedet.reporting import count_threshold_source, hparams_for_logging, report_data, report_run
+from beedet.reporting.run_report import count_threshold_source, hparams_for_logging, report_data, report_run
 from beedet.sagemaker.training_job import job_failure_reported, script_arguments
+from beedet.training.best_checkpoint import validate_best_checkpoint
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")

@@ -23,11 +23,11 @@ from beedet.checkpointing import AtomicCheckpointIO, InitCheckpointError, load_c
 from beedet.data.datamodule import BeeDataModule
 from beedet.evaluation.results import DEFAULT_MAX_DETECTIONS
 from beedet.evaluation.size_bins import record_box_areas, resolve_size_bins
-from beedet.losses import class_weights_from_counts
+from beedet.inference.tiling import Slicing
 from beedet.models.backbones import weights_from_directory
 from beedet.models.freezing import freeze_matching
-from beedet.system import DetectionModule
-from beedet.tiling import Slicing
+from beedet.models.losses import class_weights_from_counts
+from beedet.training.system import DetectionModule
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def build_network(
 
     ``class_weight_power`` in the model config is not a builder argument: when it is > 0 and
     ``class_counts`` (training boxes per class id) are given, it becomes the builder's
-    ``class_weights`` (``beedet.losses.class_weights_from_counts``). Without counts (evaluation,
+    ``class_weights`` (``beedet.models.losses.class_weights_from_counts``). Without counts (evaluation,
     prediction) the network is built without weights: they only change the training loss.
     """
     params = OmegaConf.to_container(model_cfg, resolve=True)

@@ -21,9 +21,10 @@ import pickle
 import posixpath
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO, Any
 
 import torch
@@ -76,9 +77,9 @@ PAYLOAD_FORMAT = 2
 # and conf/ in step. Being defined in beedet is not enough: beedet.checkpointing.convert_checkpoint
 # unpickles, beedet.sagemaker.launch.main starts paid jobs.
 TRUSTED_BEEDET_TARGETS = frozenset({
-    "beedet.augment.build_pipeline",
-    "beedet.averaging.ExponentialMovingAverage",
-    *(f"beedet.callbacks.{name}" for name in (
+    "beedet.data.augment.build_pipeline",
+    "beedet.training.averaging.ExponentialMovingAverage",
+    *(f"beedet.training.callbacks.{name}" for name in (
         "AugmentationPreview", "CountPlot", "PRCurves", "PredictionOverlays", "RelativeEarlyStopping",
         "ValidationQuality")),
     "beedet.data.datamodule.BeeDataModule",
@@ -89,10 +90,10 @@ TRUSTED_BEEDET_TARGETS = frozenset({
                                               "ssdlite320_mobilenet_v3_large")),
     "beedet.sagemaker.artifact.ModelArtifact",
     "beedet.sagemaker.metrics.MetricLogLines",
-    *(f"beedet.schedules.{name}" for name in ("warmup_constant", "warmup_cosine", "warmup_multistep")),
-    "beedet.tensorboard_run.run_name",
-    "beedet.throughput.SpeedMonitor",
-    "beedet.tiling.Slicing",
+    *(f"beedet.training.schedules.{name}" for name in ("warmup_constant", "warmup_cosine", "warmup_multistep")),
+    "beedet.training.tensorboard_run.run_name",
+    "beedet.training.throughput.SpeedMonitor",
+    "beedet.inference.tiling.Slicing",
 })
 TRUSTED_FOREIGN_TARGETS = frozenset({
     *(f"albumentations.{name}" for name in (
@@ -107,6 +108,30 @@ TRUSTED_FOREIGN_TARGETS = frozenset({
     *(f"torch.optim.{name}" for name in ("Adadelta", "Adam", "AdamW", "RMSprop", "SGD")),
 })
 TRUSTED_TARGETS = TRUSTED_BEEDET_TARGETS | TRUSTED_FOREIGN_TARGETS
+
+# Old ``_target_`` -> new, for every beedet name a stored config may hold that has since moved
+# (when the flat beedet/ modules were grouped into training/, inference/ and data/). A checkpoint
+# written before a move names the old place; CheckpointPayload.from_plain renames its stored config
+# as it reads it, before the trust check and before anything is built, so such checkpoints (and the
+# model artifacts holding them) still load, evaluate, export and serve, and a converted or
+# re-packed one is written with the new names. Only the new names are trusted; an old name is never
+# imported. tests/test_checkpoint_safety.py checks that every new name is trusted and importable.
+RENAMED_TARGETS: Mapping[str, str] = MappingProxyType({
+    "beedet.augment.build_pipeline": "beedet.data.augment.build_pipeline",
+    "beedet.averaging.ExponentialMovingAverage": "beedet.training.averaging.ExponentialMovingAverage",
+    "beedet.callbacks.AugmentationPreview": "beedet.training.callbacks.AugmentationPreview",
+    "beedet.callbacks.CountPlot": "beedet.training.callbacks.CountPlot",
+    "beedet.callbacks.PRCurves": "beedet.training.callbacks.PRCurves",
+    "beedet.callbacks.PredictionOverlays": "beedet.training.callbacks.PredictionOverlays",
+    "beedet.callbacks.RelativeEarlyStopping": "beedet.training.callbacks.RelativeEarlyStopping",
+    "beedet.callbacks.ValidationQuality": "beedet.training.callbacks.ValidationQuality",
+    "beedet.schedules.warmup_constant": "beedet.training.schedules.warmup_constant",
+    "beedet.schedules.warmup_cosine": "beedet.training.schedules.warmup_cosine",
+    "beedet.schedules.warmup_multistep": "beedet.training.schedules.warmup_multistep",
+    "beedet.tensorboard_run.run_name": "beedet.training.tensorboard_run.run_name",
+    "beedet.throughput.SpeedMonitor": "beedet.training.throughput.SpeedMonitor",
+    "beedet.tiling.Slicing": "beedet.inference.tiling.Slicing",
+})
 
 
 class UntrustedCheckpoint(ValueError):
@@ -151,7 +176,8 @@ class CheckpointPayload:
         """Read ``checkpoint["beedet"]``; raises ``ValueError`` naming ``source`` when it is malformed.
 
         Format 1 (beedet before this class: the config as a dict) holds the same plain data and is
-        read the same way."""
+        read the same way. ``_target_`` s that have moved since the checkpoint was written are
+        renamed (:data:`RENAMED_TARGETS`, :func:`renamed_targets`)."""
         if not isinstance(entry, dict):
             raise ValueError(f"{source}: the '{PAYLOAD_KEY}' entry is a {type(entry).__name__}, not a dict")
         if entry.get("format", 1) == 1 and isinstance(entry.get("config"), dict):
@@ -169,7 +195,7 @@ class CheckpointPayload:
             raise ValueError(f"{source}: count_threshold must be a number or null, got {threshold!r}")
         if bins is not None and not (isinstance(bins, list) and all(isinstance(b, (int, float)) for b in bins)):
             raise ValueError(f"{source}: size_bins must be a list of numbers or null, got {bins!r}")
-        return cls(list(names), text, None if threshold is None else float(threshold),
+        return cls(list(names), renamed_targets(text), None if threshold is None else float(threshold),
                    None if bins is None else [float(b) for b in bins])
 
 
@@ -290,6 +316,31 @@ def _checkpoint_in_archive(archive: Path) -> tuple[str, bytes]:
         member = tar.extractfile(found[0])
         assert member is not None  # a regular file
         return f"{archive}:{posixpath.normpath(found[0].name)}", member.read()
+
+
+def renamed_targets(config_yaml: str) -> str:
+    """``config_yaml`` (a stored run config) with every ``_target_`` that :data:`RENAMED_TARGETS`
+    lists replaced by its new name; the text itself, unchanged, when it names none of them (or is
+    not YAML: reading the config reports that). Only ``_target_`` values are renamed."""
+    if not any(old in config_yaml for old in RENAMED_TARGETS):
+        return config_yaml
+    try:
+        config = yaml.safe_load(config_yaml)
+    except yaml.YAMLError:
+        return config_yaml
+    renamed = 0
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            target = node.get("_target_")
+            if isinstance(target, str) and target in RENAMED_TARGETS:
+                node["_target_"] = RENAMED_TARGETS[target]
+                renamed += 1
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return yaml.safe_dump(config, sort_keys=False) if renamed else config_yaml
 
 
 def untrusted_targets(config: Any) -> list[str]:

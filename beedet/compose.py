@@ -1,6 +1,6 @@
 """The project's real ``conf/`` composed outside a Hydra run, for small commands that take Hydra
 overrides beside a few ``key=value`` options of their own (``python -m beedet.model_summary``,
-``python -m beedet.anchors``). Hydra's compose API creates no output directory and leaves the
+``python -m beedet.fit_anchors``). Hydra's compose API creates no output directory and leaves the
 working directory alone, so these commands write nothing.
 """
 

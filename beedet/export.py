@@ -3,9 +3,9 @@
     python -m beedet.export ckpt=PATH format=torchscript|onnx [out=PATH] [image_size=[H,W]]
 
 The exported model is the **whole-image** network: one image in, its detections out. Sliced
-(tiled) inference (``beedet.tiling``, ``slicing=tiles``) stays in Python: a checkpoint trained on
+(tiled) inference (``beedet.inference.tiling``, ``slicing=tiles``) stays in Python: a checkpoint trained on
 tiles exports the same per-tile network, and its users cut frames into tiles and merge the tiles'
-detections themselves (``beedet.tiling.detect_sliced`` takes any ``detect`` callable; one that maps
+detections themselves (``beedet.inference.tiling.detect_sliced`` takes any ``detect`` callable; one that maps
 a list of crops to ``[dict(zip(("boxes", "scores", "labels"), model(crop))) for crop in crops]``
 slices with an exported model). The metadata says how the checkpoint sliced.
 
@@ -58,8 +58,8 @@ from torch import Tensor, nn
 from torchvision.models.detection.ssd import SSD
 
 from beedet.assembly import load_system
-from beedet.detections import score_threshold_for
-from beedet.system import DetectionModule
+from beedet.inference.detections import score_threshold_for
+from beedet.training.system import DetectionModule
 
 log = logging.getLogger("beedet.export")
 
@@ -179,7 +179,7 @@ def export_metadata(
         },
         "whole_image": True,
         # The checkpoint's sliced-inference settings (null: whole frames). The exported graph is
-        # the whole-image network either way; slicing is done by the caller (beedet.tiling).
+        # the whole-image network either way; slicing is done by the caller (beedet.inference.tiling).
         "checkpoint_slicing": slicing or None,
         "onnx_opset": opset,
         "exported_with": {"torch": torch.__version__, "torchvision": torchvision.__version__},
@@ -259,7 +259,7 @@ def export_checkpoint(
     )
     if metadata["checkpoint_slicing"]:
         log.warning("%s predicts frames as tiles (slicing); the exported model is the whole-image network: "
-                    "slice frames before calling it (beedet.tiling)", ckpt)
+                    "slice frames before calling it (beedet.inference.tiling)", ckpt)
     start = time.perf_counter()
     if fmt == "torchscript":
         export_torchscript(detector, out, metadata)

@@ -31,7 +31,7 @@ from torchvision.models.detection.ssd import SSD
 from beedet.assembly import build_network
 from beedet.compose import compose_train_config, split_int_options
 from beedet.models.ssd import input_size
-from beedet.text_table import text_table
+from beedet.reporting.text_table import text_table
 
 DEFAULT_NUM_CLASSES = 4
 DEFAULT_DEPTH = 3

@@ -32,8 +32,8 @@ from omegaconf import DictConfig
 
 from beedet.assembly import load_system
 from beedet.data.images import DEFAULT_MAX_PIXELS, ImageError, find_images, load_image
-from beedet.detections import detections_document, score_threshold_for
-from beedet.visualize import draw_boxes, save_image
+from beedet.inference.detections import detections_document, score_threshold_for
+from beedet.reporting.overlays import draw_boxes, save_image
 
 log = logging.getLogger("beedet.predict")
 

@@ -18,7 +18,7 @@ import pytest
 from omegaconf import DictConfig
 
 from beedet.assembly import build_augment
-from beedet.augment import build_pipeline
+from beedet.data.augment import build_pipeline
 from helpers import CONF, compose_config
 
 PRESETS = sorted(path.stem for path in (CONF / "augment").glob("*.yaml"))

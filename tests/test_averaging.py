@@ -1,4 +1,4 @@
-"""The exponential moving average of the weights (beedet/averaging.py, callbacks=ema)."""
+"""The exponential moving average of the weights (beedet/training/averaging.py, callbacks=ema)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from beedet.averaging import ExponentialMovingAverage
+from beedet.training.averaging import ExponentialMovingAverage
 from helpers import TINY_SYNTHETIC, overriding, run_script
 
 

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from beedet.data.checks import check_records
+from beedet.data.data_report import DataReport
 from beedet.data.manifest import read_manifest
 from beedet.data.records import DataError, ImageRecord, LabelSet, Problem
-from beedet.data.report import DataReport
 from beedet.data.yolo import read_yolo
 
 WIDTH, HEIGHT = 96, 64

@@ -1,4 +1,4 @@
-"""The best checkpoint validated once after fit and logged once under best/ (beedet.best_checkpoint):
+"""The best checkpoint validated once after fit and logged once under best/ (beedet.training.best_checkpoint):
 a module whose validation reports a scripted mAP, trained three epochs on the CPU, events read back."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader
 
-from beedet.best_checkpoint import BestCheckpoint, validate_best_checkpoint
-from beedet.throughput import SpeedMonitor
+from beedet.training.best_checkpoint import BestCheckpoint, validate_best_checkpoint
+from beedet.training.throughput import SpeedMonitor
 
 #: val/mAP after each epoch: epoch 1 is best.
 SCRIPT = [0.1, 0.5, 0.3]

@@ -54,9 +54,9 @@ def test_every_documented_name_maps_onto_the_composed_config():
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.nesterov is False
     assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.001, 0.9, 0.0005)
     # Epochs 3 and 6 of a 1-epoch run never come, as in the built-in: no milestones.
-    assert cfg.scheduler._target_ == "beedet.schedules.warmup_multistep" and list(cfg.scheduler.milestones) == []
+    assert cfg.scheduler._target_ == "beedet.training.schedules.warmup_multistep" and list(cfg.scheduler.milestones) == []
     assert cfg.scheduler.gamma == 0.1
-    assert cfg.callbacks.early_stopping._target_ == "beedet.callbacks.RelativeEarlyStopping"
+    assert cfg.callbacks.early_stopping._target_ == "beedet.training.callbacks.RelativeEarlyStopping"
     assert (cfg.callbacks.early_stopping.patience, cfg.callbacks.early_stopping.relative_min_delta) == (4, 0.05)
     # On the built-in's validation:mAP (AP50), by the relative tolerance alone.
     assert (cfg.callbacks.early_stopping.monitor, cfg.callbacks.early_stopping.min_delta) == ("val/AP50", 0.0)
@@ -114,7 +114,7 @@ def test_names_left_out_take_the_builtins_defaults(caplog):
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.nesterov is False
     assert (cfg.optimizer.lr, cfg.optimizer.momentum, cfg.optimizer.weight_decay) == (0.001, 0.9, 0.0005)
     # No lr_scheduler_step: a constant lr (after beedet's warmup), factor 0.1 ready for steps.
-    assert cfg.scheduler._target_ == "beedet.schedules.warmup_multistep" and list(cfg.scheduler.milestones) == []
+    assert cfg.scheduler._target_ == "beedet.training.schedules.warmup_multistep" and list(cfg.scheduler.milestones) == []
     assert cfg.scheduler.gamma == 0.1
     assert "early_stopping" not in cfg.callbacks and "min_epochs" not in cfg.trainer  # early_stopping=False
     assert "the built-in's defaults for the names the job leaves out: base_network=vgg-16, use_pretrained_model=1, " \
@@ -324,7 +324,7 @@ def test_freeze_pattern_freezes_matching_parameters_and_refuses_mxnet_names():
 
 
 def test_relative_early_stopping_needs_the_relative_gain():
-    from beedet.callbacks import RelativeEarlyStopping
+    from beedet.training.callbacks import RelativeEarlyStopping
 
     stopper = RelativeEarlyStopping(monitor="val/mAP", mode="max", patience=2, min_delta=0.0, relative_min_delta=0.05)
     stopper._evaluate_stopping_criteria(torch.tensor(0.50))

@@ -1,4 +1,4 @@
-"""TensorBoard callbacks (beedet.callbacks): a tiny fake detector trained for one epoch, with the
+"""TensorBoard callbacks (beedet.training.callbacks): a tiny fake detector trained for one epoch, with the
 event files read back; and the COCO -> TensorBoard PR-curve conversion against pycocotools."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tensorboard.util import tensor_util
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
-from beedet.callbacks import AugmentationPreview, PRCurves, PredictionOverlays, tensorboard_pr_data
+from beedet.training.callbacks import AugmentationPreview, PRCurves, PredictionOverlays, tensorboard_pr_data
 
 NAMES = ["bee", "drone"]
 RECALL = np.linspace(0.0, 1.0, 101)

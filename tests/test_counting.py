@@ -23,8 +23,8 @@ from beedet.evaluation.counting import (
     true_counts,
 )
 from beedet.evaluation.results import ValidationResult
-from beedet.system import DetectionModule
-from beedet.visualize import save_image
+from beedet.reporting.overlays import save_image
+from beedet.training.system import DetectionModule
 from helpers import TINY_SYNTHETIC, run_script
 
 NAMES = ["bee", "drone"]

@@ -12,7 +12,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from beedet.assembly import build_augment
-from beedet.augment import build_pipeline
+from beedet.data.augment import build_pipeline
 from beedet.data.dataset import DetectionDataset, collate_detection
 from beedet.data.records import DataError, ImageRecord
 from helpers import compose_config

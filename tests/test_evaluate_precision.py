@@ -63,7 +63,7 @@ def test_evaluate_yaml_leaves_the_choice_to_evaluate_py():
 
 
 def test_the_report_says_which_precision():
-    from beedet.reporting import metrics_markdown
+    from beedet.reporting.run_report import metrics_markdown
 
     metrics = {"checkpoint": "best.ckpt", "precision": {"used": "32-true", "source": "serving", "training": "bf16-mixed"},
                "per_class_AP": {}, "per_class_AP50": {}}

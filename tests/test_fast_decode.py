@@ -31,7 +31,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from beedet.assembly import build_augment, build_datamodule
-from beedet.augment import build_pipeline
+from beedet.data.augment import build_pipeline
 from beedet.data.dataset import DecodedFrameCache, DetectionDataset, collate_detection, reduced_decode_size
 from beedet.data.images import find_images, load_image, load_image_reduced
 from helpers import compose_config

@@ -1,4 +1,4 @@
-"""Classification losses for rare classes (beedet.losses) inside the SSD (beedet.models.ssd.BeeSSD)."""
+"""Classification losses for rare classes (beedet.models.losses) inside the SSD (beedet.models.ssd.BeeSSD)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ from torchvision.models.detection import ssdlite320_mobilenet_v3_large as tv_ssd
 from torchvision.models.detection.ssd import SSD
 
 from beedet.assembly import build_network, load_system
-from beedet.losses import (
+from beedet.models import ssd
+from beedet.models.losses import (
     FOCAL_PRIOR,
     HardNegativeCrossEntropy,
     SoftmaxFocalLoss,
     build_classification_loss,
     class_weights_from_counts,
 )
-from beedet.models import ssd
 from helpers import TINY_SYNTHETIC, compose_config, overriding, run_script
 
 NUM_CLASSES = 4

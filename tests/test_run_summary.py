@@ -1,6 +1,6 @@
 """What names and sums up a training run besides its metrics: the run's name in TensorBoard
-(beedet.tensorboard_run, conf/logger/tensorboard.yaml), the hyperparameters of its HParams row
-(beedet.reporting.hparams_for_logging), and report.md's best epoch and training time."""
+(beedet.training.tensorboard_run, conf/logger/tensorboard.yaml), the hyperparameters of its HParams row
+(beedet.reporting.run_report.hparams_for_logging), and report.md's best epoch and training time."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 from hydra.utils import instantiate
 
-from beedet.reporting import hparams_for_logging, metrics_markdown
-from beedet.tensorboard_run import run_name
+from beedet.reporting.run_report import hparams_for_logging, metrics_markdown
+from beedet.training.tensorboard_run import run_name
 from helpers import compose_config
 
 

@@ -28,7 +28,7 @@ from beedet.data.synthetic import generate_split
 from beedet.models.backbones import imagenet_state_dict, weights_from_directory
 from beedet.sagemaker.artifact import write_model_artifact
 from beedet.sagemaker.training_job import job_arguments
-from beedet.system import DetectionModule
+from beedet.training.system import DetectionModule
 
 CLASSES = ["bee", "drone", "pollenbee", "queen"]  # the synthetic bees' classes, in id order
 RESNET18 = ["--model", "ssd300_resnet18", "--model.pretrained_backbone", "true"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from beedet.checkpointing import AtomicCheckpointIO
-from beedet.schedules import warmup_constant, warmup_cosine, warmup_multistep
+from beedet.training.schedules import warmup_constant, warmup_cosine, warmup_multistep
 
 
 def _lrs(make, steps: int) -> list[float]:
@@ -84,7 +84,7 @@ def test_the_system_reads_the_time_budget_from_lightnings_timer(tmp_path: Path):
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import Timer
 
-    from beedet.system import DetectionModule
+    from beedet.training.system import DetectionModule
 
     system = DetectionModule(torch.nn.Linear(1, 1), ["bee"], optimizer=torch.optim.SGD)
     system.trainer = pl.Trainer(max_time="00:00:10:00", logger=False, enable_checkpointing=False, default_root_dir=tmp_path)

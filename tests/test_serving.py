@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from beedet.data.images import load_image
-from beedet.detections import detections_document, score_threshold_for
+from beedet.inference.detections import detections_document, score_threshold_for
 from beedet.serving import handlers
 from beedet.serving.handlers import (
     Prediction,

@@ -1,4 +1,4 @@
-"""Speed and memory in TensorBoard (beedet.throughput.SpeedMonitor): a tiny module trained for two
+"""Speed and memory in TensorBoard (beedet.training.throughput.SpeedMonitor): a tiny module trained for two
 epochs on the CPU, with the event files read back."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader
 
-from beedet.throughput import SpeedMonitor
+from beedet.training.throughput import SpeedMonitor
 
 SPEED_TAGS = {"speed/step_time_s", "speed/data_time_s", "speed/images_per_s", "speed/eta_s"}
 

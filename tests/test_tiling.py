@@ -1,4 +1,4 @@
-"""Sliced inference (beedet.tiling): tile geometry, the merge rules, and the seam test.
+"""Sliced inference (beedet.inference.tiling): tile geometry, the merge rules, and the seam test.
 
 The seam test paints bees into a full 1920x1080 frame, many of them straddling tile borders and
 corners, and detects them with an oracle detector that finds painted rectangles *within the crop
@@ -16,8 +16,8 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from beedet.system import DetectionModule
-from beedet.tiling import Slicing, detect_sliced, merge_detections, tile_grid, tile_starts
+from beedet.inference.tiling import Slicing, detect_sliced, merge_detections, tile_grid, tile_starts
+from beedet.training.system import DetectionModule
 from helpers import TINY_SYNTHETIC, overriding, run_script
 
 WIDTH, HEIGHT = 1920, 1080

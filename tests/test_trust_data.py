@@ -27,6 +27,7 @@ from beedet.data import images as images_module
 from beedet.data import inspect as inspect_cli
 from beedet.data.checks import check_records
 from beedet.data.coco import read_coco
+from beedet.data.data_report import DataReport
 from beedet.data.datamodule import REPLACED_SAMPLE, BeeDataModule
 from beedet.data.dataset import DetectionDataset, collate_detection
 from beedet.data.image_json import read_image_json
@@ -43,7 +44,6 @@ from beedet.data.images import (
 from beedet.data.label_studio import read_label_studio
 from beedet.data.manifest import read_manifest
 from beedet.data.records import DataError, ImageRecord, LabelSet
-from beedet.data.report import DataReport
 from beedet.data.sources import ManifestSource, source_for_path
 from beedet.data.voc import read_voc
 from beedet.data.yolo import read_yolo, write_yolo

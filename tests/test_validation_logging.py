@@ -1,4 +1,4 @@
-"""What DetectionModule's validation computes and logs (beedet/system.py): the validation loss from
+"""What DetectionModule's validation computes and logs (beedet/training/system.py): the validation loss from
 the eval-mode pass, the tags grouped by intent and read back from TensorBoard's event files, the
 fixed and tuned count thresholds, and the ValidationQuality callback's pictures and table."""
 
@@ -15,11 +15,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import Tensor
 from torch.utils.data import DataLoader
 
-from beedet.callbacks import ValidationQuality
 from beedet.evaluation.counting import FIXED_COUNT_THRESHOLD
+from beedet.inference.tiling import Slicing
 from beedet.models.ssd import ssd_resnet_slim
-from beedet.system import DetectionModule
-from beedet.tiling import Slicing
+from beedet.training.callbacks import ValidationQuality
+from beedet.training.system import DetectionModule
 
 NAMES = ["bee", "drone"]
 

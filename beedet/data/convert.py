@@ -25,10 +25,10 @@ from pathlib import Path
 
 from beedet.data.checks import check_records
 from beedet.data.coco import write_coco
+from beedet.data.data_report import DataReport
 from beedet.data.images import DEFAULT_MAX_PIXELS
 from beedet.data.manifest import write_manifest
 from beedet.data.records import DataError, LabelSet
-from beedet.data.report import DataReport
 from beedet.data.roots import is_inside
 from beedet.data.sources import add_source_arguments, source_from_args
 from beedet.data.yolo import write_yolo

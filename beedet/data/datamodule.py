@@ -24,11 +24,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from beedet.data.checks import check_records
+from beedet.data.data_report import DataReport
 from beedet.data.dataset import DetectionDataset, collate_detection
 from beedet.data.images import DEFAULT_MAX_PIXELS, ImageError, verify_image
 from beedet.data.records import DataError, ImageRecord, LabelSet, Problem
-from beedet.data.report import DataReport
-from beedet.data.sampling import RepeatFactorSampler, RepeatFactors, repeat_factors
+from beedet.data.repeat_factor import RepeatFactorSampler, RepeatFactors, repeat_factors
 from beedet.data.splits import compile_group_pattern, leaked_val_images, subset, train_val_split
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class BeeDataModule(pl.LightningDataModule):
             and counted (module docstring).
         repeat_factor_threshold: rare-class sampling: with a threshold t, each training epoch shows
             images holding a class found in fewer than a fraction t of the images more often
-            (LVIS repeat-factor sampling, ``beedet.data.sampling``, seeded by ``seed`` and the
+            (LVIS repeat-factor sampling, ``beedet.data.repeat_factor``, seeded by ``seed`` and the
             epoch). ``None``: every image once per epoch, plainly shuffled.
         reduced_decode: training only: decode JPEGs at the smallest DCT-scaled size the
             augmentation's first resize needs (``beedet.data.dataset``; pixels within the tolerance
@@ -292,7 +292,7 @@ class BeeDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         # Every epoch's order and every sample's augmentation come from (seed, epoch, training
         # seed), never from a stream that runs on from epoch to epoch: a run resumed from its
-        # end-of-epoch checkpoint trains exactly as the uninterrupted run (beedet.data.sampling).
+        # end-of-epoch checkpoint trains exactly as the uninterrupted run (beedet.data.repeat_factor).
         # The training seed is torch's, which train.py sets through seed_everything.
         factors = (self._repeat_factors().image_factor if self.repeat_factor_threshold is not None
                    else np.ones(len(self.train_dataset)))

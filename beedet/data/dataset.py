@@ -146,7 +146,7 @@ class DetectionDataset(Dataset):
 
     Args:
         records: the labelled images (boxes xyxy pixels of the stored image, 0-based labels).
-        transform: a box-aware pipeline from ``beedet.augment.build_pipeline``, or None to return
+        transform: a box-aware pipeline from ``beedet.data.augment.build_pipeline``, or None to return
             images at their stored size with their stored boxes.
         reduced_decode: decode JPEGs at reduced size when ``transform`` starts with a fixed-size
             resize (module docstring); ignored for other pipelines and without a transform.
@@ -190,7 +190,7 @@ class DetectionDataset(Dataset):
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Tensor, dict[str, Tensor]]:
         """Sample ``index``. An ``(index, sample_seed)`` pair (what ``RepeatFactorSampler`` yields
         with an ``augment_seed``) seeds this sample's augmentation with ``sample_seed``, so the
-        sample depends on that pair alone (``beedet.data.sampling``: resumed runs train exactly as
+        sample depends on that pair alone (``beedet.data.repeat_factor``: resumed runs train exactly as
         uninterrupted ones); a plain index draws from the process's own augmentation stream."""
         index, sample_seed = index if isinstance(index, tuple) else (index, None)
         last_error: ImageError | None = None

@@ -19,9 +19,9 @@ import sys
 from pathlib import Path
 
 from beedet.data.checks import check_records
+from beedet.data.data_report import DataReport
 from beedet.data.images import DEFAULT_MAX_PIXELS
 from beedet.data.records import DataError
-from beedet.data.report import DataReport
 from beedet.data.sources import add_source_arguments, source_from_args
 
 

@@ -6,7 +6,7 @@ Contracts (shared by every reader, the dataset, the metrics and the writers):
   displayed (after EXIF orientation), with 0 <= x1 < x2 <= width and 0 <= y1 < y2 <= height.
 * ``ImageRecord.labels`` is int64 of shape (N,), **class ids starting at 0**. Label 0 is a real
   class (e.g. "bee"), *not* background. Only the detection system adds the background slot the
-  torchvision SSD wants (see ``beedet.system``).
+  torchvision SSD wants (see ``beedet.training.system``).
 * An image with no objects has boxes of shape (0, 4) and labels of shape (0,). It is a valid
   record: empty frames teach the detector what background looks like.
 * ``LabelSet.class_names[i]`` is the name of class id ``i``.

@@ -153,8 +153,8 @@ def choose_count_threshold(
 
 def count_plot(metrics: CountMetrics, *, size_inches: float = 4.0, dpi: int = 100) -> Tensor:
     """A scatter plot of predicted against true total objects per image, with the diagonal
-    (perfect counts) and the MAE in the title. Returns uint8 (3, H, W), like ``beedet.visualize``:
-    ready for ``SummaryWriter.add_image`` and ``beedet.visualize.save_image``.
+    (perfect counts) and the MAE in the title. Returns uint8 (3, H, W), like ``beedet.reporting.overlays``:
+    ready for ``SummaryWriter.add_image`` and ``beedet.reporting.overlays.save_image``.
 
     Drawn with matplotlib's Agg canvas directly: no pyplot, no global backend switch.
     """

@@ -1,8 +1,8 @@
 """Charts of evaluation results for people: the precision-recall plot (``pr_curves.png`` beside
-``report.md``, written by ``beedet.reporting``), the confusion matrix and the F1-confidence curve
+``report.md``, written by ``beedet.reporting.run_report``), the confusion matrix and the F1-confidence curve
 (``confusion_matrix.png`` and ``f1_curve.png`` there, and in TensorBoard). Drawn with matplotlib's
 Agg canvas, imported only when a chart is drawn, and returned as uint8 (3, H, W) tensors, the
-picture contract of ``beedet.visualize``.
+picture contract of ``beedet.reporting.overlays``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from beedet.evaluation.results import ConfusionMatrix, F1Curve, PRCurve
 
 def pr_curve_plot(curves: Mapping[str, PRCurve], *, size_inches: float = 4.5, dpi: int = 100) -> Tensor:
     """Precision against recall at IoU 0.5, one line per class with ground truth (AP50 in the
-    legend). Returns uint8 (3, H, W) for ``beedet.visualize.save_image`` and TensorBoard.
+    legend). Returns uint8 (3, H, W) for ``beedet.reporting.overlays.save_image`` and TensorBoard.
 
     Drawn with matplotlib's Agg canvas directly: no pyplot, no global backend switch.
     """

@@ -283,7 +283,7 @@ class DetectionQuality:
 @dataclass(frozen=True)
 class ValidationResult:
     """What one validation pass over the whole validation set found (``DetectionModule``'s
-    ``last_validation``; what ``beedet.reporting.report_run`` writes).
+    ``last_validation``; what ``beedet.reporting.run_report.report_run`` writes).
 
     ``metrics``: COCO metrics, per class, per size bin, with PR curves at IoU 0.5. ``counts``:
     count errors at the threshold in use. ``oracle_counts``: those at the best threshold for these

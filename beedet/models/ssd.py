@@ -6,7 +6,7 @@ Contracts shared by every builder:
 
 * ``num_classes`` counts **foreground** classes (bee, drone, ...). The builder adds one slot for
   background, so the network's labels are 1..num_classes and 0 is background *inside* the network.
-  ``beedet.system.DetectionModule`` shifts beedet's 0-based class ids by +1 going in and -1 coming out.
+  ``beedet.training.system.DetectionModule`` shifts beedet's 0-based class ids by +1 going in and -1 coming out.
 * Input: a list of float images (3, H, W) in [0, 1], any size. ``model.transform`` squashes each to
   the fixed input size and normalises it; the input size (W, H) is ``model.transform.fixed_size``
   (``input_size(model)`` returns it as one int: all beedet networks are square).
@@ -28,11 +28,11 @@ bees; the ResNet builders also take ``assigner="atss"``, which sets that thresho
 ``beedet.models.anchor_assignment``) and ``channels_last`` (default true: parameters stored NHWC, which trains faster on CPUs and
 GPUs; it changes no values and no state-dict keys).
 
-And the classification loss (``beedet.losses``; only training is affected):
+And the classification loss (``beedet.models.losses``; only training is affected):
 ``classification_loss`` "hard_negative_ce" (torchvision's SSD loss: cross-entropy with 3:1 hard
 negative mining; the default, bit-identical to torchvision) or "focal" (softmax focal loss over all
 anchors, with ``focal_gamma`` and ``focal_alpha``; the builder then also initialises the
-classification bias to a foreground prior of ``beedet.losses.FOCAL_PRIOR``, as RetinaNet does), and
+classification bias to a foreground prior of ``beedet.models.losses.FOCAL_PRIOR``, as RetinaNet does), and
 ``class_weights`` (one per foreground class, in beedet's class-id order; None: all 1), which
 multiply the loss of positive anchors of each class, and ``min_negatives`` (hard_negative_ce: mine
 at least this many background anchors per image, so that training tiles without bees teach
@@ -54,7 +54,6 @@ from torchvision.models.detection import ssdlite320_mobilenet_v3_large as tv_ssd
 from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD, SSDHead, SSDScoringHead
 
-from beedet.losses import FOCAL_PRIOR, HardNegativeCrossEntropy, SoftmaxFocalLoss, build_classification_loss
 from beedet.models.anchor_assignment import ASSIGNERS, ATSS_TOPK, atss_assign
 from beedet.models.backbones import (
     PyramidFeatures,
@@ -66,6 +65,7 @@ from beedet.models.backbones import (
     resnet_trunk,
     slim_resnet,
 )
+from beedet.models.losses import FOCAL_PRIOR, HardNegativeCrossEntropy, SoftmaxFocalLoss, build_classification_loss
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -79,7 +79,7 @@ LARGEST_ANCHOR_SCALE = 1.05
 
 
 class BeeSSD(SSD):
-    """torchvision's ``SSD`` whose classification loss is a module (``beedet.losses``).
+    """torchvision's ``SSD`` whose classification loss is a module (``beedet.models.losses``).
 
     Everything but ``compute_loss`` is torchvision's: the same submodules and state-dict keys
     (the loss holds no persistent state), the same anchor matching, box regression loss and
@@ -567,7 +567,7 @@ def _with_classification_loss(
     class_weights: Sequence[float] | None,
     min_negatives: int = 0,
 ) -> BeeSSD:
-    """Give ``model`` the named classification loss (see ``beedet.losses``); for the focal loss,
+    """Give ``model`` the named classification loss (see ``beedet.models.losses``); for the focal loss,
     also start the classification head at RetinaNet's foreground prior."""
     if class_weights is not None and len(class_weights) != num_classes:
         raise ValueError(f"class_weights needs one weight per foreground class ({num_classes}), got {list(class_weights)}")

@@ -41,9 +41,9 @@ import pytorch_lightning as pl
 import torch
 
 import beedet
-from beedet.best_checkpoint import reported_checkpoint
 from beedet.checkpointing import PAYLOAD_KEY, load_checkpoint
 from beedet.sagemaker.deploy import check_endpoint_image
+from beedet.training.best_checkpoint import reported_checkpoint
 
 PACKAGE_DIR = Path(beedet.__file__).resolve().parent
 # Provided by the SageMaker PyTorch serving container, built for its CUDA: never pip-installed over it.

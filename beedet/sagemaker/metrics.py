@@ -26,7 +26,7 @@ import torch
 
 log = logging.getLogger("beedet.metrics")
 
-#: SageMaker metric name -> the key ``beedet.system.DetectionModule`` logs it under.
+#: SageMaker metric name -> the key ``beedet.training.system.DetectionModule`` logs it under.
 #: The count metrics are at the fixed threshold of the TensorBoard curves (val:count_threshold:
 #: evaluation.count_threshold, else 0.5), comparable across epochs; the ``_tuned`` pair is at the
 #: best threshold for that validation set (what a run with count_threshold=null keeps).

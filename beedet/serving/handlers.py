@@ -26,7 +26,7 @@ Response (``Accept``):
   transform job (``AssembleWith=Line``) writes per record.
 
   beedet JSON: the detections at or above the detector's score threshold (by default the checkpoint's
-  count threshold, as ``beedet.predict``; see ``beedet.detections``)::
+  count threshold, as ``beedet.predict``; see ``beedet.inference.detections``)::
 
       {"width": W, "height": H,
        "detections": [{"box": [x1, y1, x2, y2], "label": 0, "class": "bee", "score": 0.93}, ...],
@@ -48,7 +48,7 @@ containers it is the inference toolkit's ``BaseInferenceToolkitError``, so the t
 that status instead of a 500; ``beedet.serving.app`` answers ``{"error": message}``.
 
 Every image goes through ``DetectionModule.detect``: a large frame is sliced into native-resolution
-tiles when the checkpoint was trained with slicing (``beedet.tiling``), else squashed whole into the
+tiles when the checkpoint was trained with slicing (``beedet.inference.tiling``), else squashed whole into the
 network's input, as validation did. The handlers keep SageMaker's exact signatures (the
 toolkit counts their parameters); limits other than the defaults go through :func:`decode_request`.
 """
@@ -68,8 +68,8 @@ from omegaconf import DictConfig
 
 from beedet.assembly import load_system
 from beedet.data.images import DEFAULT_MAX_PIXELS, ImageError, ImageTooLarge, decode_image
-from beedet.detections import detections_document, score_threshold_for
-from beedet.system import DetectionModule
+from beedet.inference.detections import detections_document, score_threshold_for
+from beedet.training.system import DetectionModule
 
 try:
     # In SageMaker's serving containers the inference toolkit answers this exception type with its
@@ -157,7 +157,7 @@ def load_detector(ckpt: str | os.PathLike, *, slicing: DictConfig | None = None,
                   device: str | torch.device | None = None, json_format: str | None = None) -> Detector:
     """A :class:`Detector` from a beedet checkpoint. ``slicing``: a ``conf/slicing`` config replacing
     the checkpoint's (None keeps it); ``score_threshold``: None means the checkpoint's count
-    threshold (``beedet.detections.score_threshold_for``); ``device``: None picks CUDA when there is
+    threshold (``beedet.inference.detections.score_threshold_for``); ``device``: None picks CUDA when there is
     one; ``json_format``: None means the ``BEEDET_JSON_FORMAT`` variable, else the checkpoint config's
     ``endpoint_json``, else beedet."""
     system, run_cfg = load_system(ckpt, slicing)

@@ -21,7 +21,7 @@ queue is short), which is why each point averages the steps since the previous o
 
 ``training_time_s`` (an attribute) is the wall time of fitting so far, validation included and the
 final evaluation of the best checkpoint excluded; it is saved in checkpoints, so a resumed run
-counts the time before the resume too (up to its last checkpoint). ``beedet.best_checkpoint``
+counts the time before the resume too (up to its last checkpoint). ``beedet.training.best_checkpoint``
 reports it.
 """
 

@@ -1,6 +1,6 @@
 """Pictures of boxes: ground truth, detections, augmented samples.
 
-Used by the TensorBoard callbacks (``beedet.callbacks``), ``beedet.predict`` and ``evaluate.py``.
+Used by the TensorBoard callbacks (``beedet.training.callbacks``), ``beedet.predict`` and ``evaluate.py``.
 
 Tensor contracts:
 
@@ -32,7 +32,7 @@ other side when the picture's edge or an earlier caption is in the way. With mor
 pictures are enlarged (``min_side``) so that boxes and captions stay legible, and a legend strip
 below the picture names the colours and styles, the threshold and the counts.
 :func:`choose_hard_images` picks the images with the most misses and with the most false positives;
-``beedet.callbacks.PredictionOverlays`` and :func:`write_overlays` (evaluate.py) draw them beside a
+``beedet.training.callbacks.PredictionOverlays`` and :func:`write_overlays` (evaluate.py) draw them beside a
 fixed set.
 """
 
@@ -509,7 +509,7 @@ def assess_images(detector: Any, dataset: Any, indices: Sequence[int], score_thr
                   batch_size: int = 8) -> list[Assessment]:
     """Detect ``dataset[i]`` for each of ``indices`` (``batch_size`` images per ``detect`` call) and
     match the detections to the ground truth (:func:`match_detections`). ``detector`` has
-    ``detect(images)`` and ``device`` (``beedet.system.DetectionModule``); ``dataset[i]`` gives
+    ``detect(images)`` and ``device`` (``beedet.training.system.DetectionModule``); ``dataset[i]`` gives
     ``(image, target)``. Images are not kept: draw the chosen ones from the dataset again."""
     device = getattr(detector, "device", None)
     assessed: list[Assessment] = []
@@ -554,7 +554,7 @@ def write_overlays(detector: Any, dataset: Any, records: Sequence[Any], folder: 
     * ``first_<index>_<stem>.jpg``: the first ``count`` images whose ``records`` hold objects,
       besides the hard ones (the same ones for every checkpoint with the same errors).
 
-    ``detector`` has ``detect(images)`` and ``class_names`` (``beedet.system.DetectionModule``);
+    ``detector`` has ``detect(images)`` and ``class_names`` (``beedet.training.system.DetectionModule``);
     ``dataset[i]`` gives ``(image, target)`` for ``records[i]``. Returns the paths written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import pytorch_lightning as pl
 import torch
 
 from beedet.evaluation.results import ValidationResult
-from beedet.throughput import SpeedMonitor
+from beedet.training.throughput import SpeedMonitor
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class BestCheckpoint:
     ``path``: its file, "" when there is none (no ModelCheckpoint, or it never saved): the weights
     at the end of fit were validated instead. ``epoch`` and ``global_step``: when it was saved
     (0-based epoch, optimizer steps), None without a file. ``training_time_s``: wall time of the
-    whole fit, resumed sessions included (``beedet.throughput.SpeedMonitor``), None without that
+    whole fit, resumed sessions included (``beedet.training.throughput.SpeedMonitor``), None without that
     callback."""
 
     path: str

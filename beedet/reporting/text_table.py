@@ -1,4 +1,4 @@
-"""Fixed-width text tables for the console commands (``beedet.model_summary``, ``beedet.anchors``)."""
+"""Fixed-width text tables for the console commands (``beedet.model_summary``, ``beedet.fit_anchors``)."""
 
 from __future__ import annotations
 

@@ -33,7 +33,7 @@ from beedet.evaluation.coco_metrics import evaluate_records
 from beedet.evaluation.counting import FIXED_COUNT_THRESHOLD, CountMetrics, choose_count_threshold, count_metrics
 from beedet.evaluation.detection_quality import detection_quality, f1_curve, match_by_class
 from beedet.evaluation.results import DEFAULT_MAX_DETECTIONS, CocoMetrics, ValidationResult
-from beedet.tiling import Slicing, detect_sliced, resize_long_side, tile_grid
+from beedet.inference.tiling import Slicing, detect_sliced, resize_long_side, tile_grid
 
 OptimizerFactory = Callable[..., Optimizer]
 SchedulerFactory = Callable[..., LRScheduler]
@@ -59,10 +59,10 @@ class DetectionModule(pl.LightningModule):
         optimizer: builds the optimizer from the parameters (a ``functools.partial``).
         scheduler: builds an lr schedule from ``(optimizer, total_steps, time_fraction)``, stepped
             every batch; ``time_fraction`` is None, or with ``trainer.max_time`` a callable giving
-            the share of the time budget spent (``beedet.schedules``).
+            the share of the time budget spent (``beedet.training.schedules``).
         run_config: the resolved run config, stored in checkpoints so that ``evaluate.py`` and
             ``beedet.predict`` can rebuild exactly this network and data. The module never reads it.
-        slicing: predict every image as overlapping tiles (``beedet.tiling``) instead of squashing
+        slicing: predict every image as overlapping tiles (``beedet.inference.tiling``) instead of squashing
             it whole into the network's input; validation, ``evaluate.py``, ``beedet.predict`` and
             serving all go through :meth:`detect`, so they all slice alike. None: whole images.
         size_bins: inner edges (px^2 of the stored images, increasing) of the size bins whose AP

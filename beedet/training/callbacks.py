@@ -8,7 +8,7 @@
 * ``ValidationQuality``: the confusion matrix, the F1-confidence curve and the per-class table
   (P, R, F1, AP50, AP, instances), after every validation.
 
-What the callbacks need from the LightningModule (``beedet.system.DetectionModule`` has it; see
+What the callbacks need from the LightningModule (``beedet.training.system.DetectionModule`` has it; see
 ``Detector``): ``class_names``, ``detect(images)``, ``last_validation`` and ``device``. From the data
 module: ``train_dataloader()`` yielding ``(list[image], list[target])`` and ``val_dataset`` giving
 ``(image, target)``; images float (3, H, W) in [0, 1], targets ``{"boxes": (N, 4) xyxy pixels,
@@ -36,8 +36,8 @@ from torch.utils.tensorboard import SummaryWriter
 from beedet.evaluation.counting import count_plot
 from beedet.evaluation.detection_quality import class_table, class_table_markdown
 from beedet.evaluation.plots import confusion_matrix_plot, f1_curve_plot
-from beedet.visualize import (HARD_KINDS, assess_images, draw_boxes, hard_assessments, image_grid, overlay_predictions,
-                              spread_indices)
+from beedet.reporting.overlays import (HARD_KINDS, assess_images, draw_boxes, hard_assessments, image_grid,
+                                       overlay_predictions, spread_indices)
 
 # Without a class's ground-truth count, PR counts are per 100 objects (they read as percentages).
 NOMINAL_NUM_GT = 100
@@ -145,7 +145,7 @@ class PredictionOverlays(pl.Callback):
     Detections scoring at least ``score_threshold`` are matched to ground truth at IoU 0.5; true
     positives are solid boxes in the class colour, false positives dashed ones captioned "FP",
     misses thick green boxes captioned "miss", and a legend below each picture says so
-    (``beedet.visualize.overlay_predictions``). Tags, at the trainer's global step (the sanity
+    (``beedet.reporting.overlays.overlay_predictions``). Tags, at the trainer's global step (the sanity
     check logs nothing):
 
     * ``predictions/val_<k>``, k = 0..num_images-1: the fixed images, to follow over the run;

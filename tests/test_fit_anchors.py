@@ -1,4 +1,4 @@
-"""``python -m beedet.anchors``: default boxes matched to ground-truth boxes, and better anchors."""
+"""``python -m beedet.fit_anchors``: default boxes matched to ground-truth boxes, and better anchors."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 from torchvision.ops import box_iou
 
-from beedet.anchors import (
+from beedet.data.records import ImageRecord
+from beedet.fit_anchors import (
     AnchorSet,
     anchor_coverage,
     default_boxes,
@@ -22,7 +23,6 @@ from beedet.anchors import (
     network_for,
     read_records,
 )
-from beedet.data.records import ImageRecord
 from beedet.models.ssd import input_size
 from helpers import compose_config
 

@@ -1,4 +1,4 @@
-"""Box drawing, overlays, grids and image files (beedet.visualize)."""
+"""Box drawing, overlays, grids and image files (beedet.reporting.overlays)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from beedet.visualize import (
+from beedet.reporting.overlays import (
     GT_COLOR,
     LEGEND_BACKGROUND,
     choose_hard_images,

@@ -1,8 +1,8 @@
 """Anchors that fit the training boxes: how many ground-truth boxes an SSD's default boxes can
 match, and better scales and aspect ratios at the same compute.
 
-    python -m beedet.anchors ../shared/data/honeybee/train.manifest model=ssd300_resnet50
-    python -m beedet.anchors ../shared/data/honeybee/train.manifest model=ssd300_resnet_slim tile_size=300
+    python -m beedet.fit_anchors ../shared/data/honeybee/train.manifest model=ssd300_resnet50
+    python -m beedet.fit_anchors ../shared/data/honeybee/train.manifest model=ssd300_resnet_slim tile_size=300
 
 ``DATA`` (the first argument) is a label file or folder: a Ground Truth manifest, a COCO json or a
 YOLO split folder (read by ``beedet.data.sources.source_for_path`` and checked as training checks
@@ -56,7 +56,7 @@ from beedet.data.records import DataError, ImageRecord
 from beedet.data.sources import source_for_path
 from beedet.data.splits import subset
 from beedet.models.ssd import input_size
-from beedet.text_table import text_table
+from beedet.reporting.text_table import text_table
 
 USAGE = __doc__
 # SSD's matching IoU: a box without any default box at this overlap is hard for the head to find.

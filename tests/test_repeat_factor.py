@@ -1,4 +1,4 @@
-"""Repeat-factor sampling for rare classes (beedet.data.sampling) and its use by BeeDataModule."""
+"""Repeat-factor sampling for rare classes (beedet.data.repeat_factor) and its use by BeeDataModule."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
 
 from beedet.assembly import build_datamodule
-from beedet.data.sampling import RepeatFactorSampler, epoch_length, repeat_factors
+from beedet.data.repeat_factor import RepeatFactorSampler, epoch_length, repeat_factors
 from helpers import TINY_SYNTHETIC, compose_config, overriding
 
 # Ten images, four classes: class 0 in 8 images, class 1 in 2, class 2 in 1, class 3 in none;

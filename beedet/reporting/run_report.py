@@ -13,13 +13,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.loggers import Logger
 
+from beedet.data.data_report import DataReport
 from beedet.data.datamodule import DATA_REPORT_NAME, BeeDataModule
-from beedet.data.report import DataReport
 from beedet.evaluation.counting import count_plot
 from beedet.evaluation.detection_quality import class_table, class_table_markdown
 from beedet.evaluation.plots import confusion_matrix_plot, f1_curve_plot, pr_curve_plot
 from beedet.evaluation.results import DEFAULT_MAX_DETECTIONS, ValidationResult, stat_keys
-from beedet.visualize import save_image
+from beedet.reporting.overlays import save_image
 
 log = logging.getLogger("beedet.report")
 
