@@ -12,7 +12,14 @@ import pytest
 from lightning_fabric.utilities.distributed import DistributedSamplerWrapper
 
 from beedet.assembly import build_datamodule
-from beedet.data.repeat_factor import RepeatFactorSampler, epoch_length, repeat_factors
+from beedet.data.repeat_factor import (
+    RepeatFactorSampler,
+    combined_repeat_factors,
+    epoch_length,
+    group_repeat_factors,
+    repeat_factors,
+)
+from beedet.data.splits import group_keys
 from helpers import TINY_SYNTHETIC, compose_config, overriding
 
 # Ten images, four classes: class 0 in 8 images, class 1 in 2, class 2 in 1, class 3 in none;
@@ -173,3 +180,47 @@ def test_threshold_must_be_positive(tmp_path: Path):
     cfg = compose_config(["data.repeat_factor_threshold=0"])
     with pytest.raises(Exception, match="repeat_factor_threshold"):
         build_datamodule(cfg.data)
+
+
+# --- scene-aware sampling: repeat factors by data.group_by group --------------------------------
+
+
+def test_group_repeat_factors_balance_scenes_not_classes():
+    # Ten images: one camera with six frames, a video with two, two photos on their own.
+    keys = ["camera"] * 6 + ["video"] * 2 + ["photo_a", "photo_b"]
+    factors = group_repeat_factors(keys, 0.4)
+    # f = 0.6 (>= t: shown once), 0.2 (sqrt(0.4 / 0.2)), 0.1 each (sqrt(0.4 / 0.1) = 2).
+    np.testing.assert_allclose(factors, [1.0] * 6 + [math.sqrt(2.0)] * 2 + [2.0, 2.0])
+    # With class factors too, each image takes the larger.
+    by_class = np.array([1.5] + [1.0] * 9)
+    np.testing.assert_allclose(combined_repeat_factors(by_class, factors), np.maximum(by_class, factors))
+    np.testing.assert_allclose(combined_repeat_factors(None, factors), factors)
+    with pytest.raises(ValueError, match="must be > 0"):
+        group_repeat_factors(keys, 0.0)
+
+
+def test_datamodule_shows_lone_photos_more_often_than_camera_frames(honeybee_mini, caplog):
+    cfg = compose_config(["+experiment=honeybee", f"data.root={honeybee_mini}", "data.group_repeat_threshold=0.5",
+                          "data.repeat_factor_threshold=null",
+                          "data.num_workers=0"])
+    datamodule = build_datamodule(cfg.data)
+    datamodule.setup("fit")
+    with caplog.at_level(logging.INFO, logger="beedet.data.datamodule"):
+        sampler = datamodule.train_dataloader().sampler
+        datamodule.train_dataloader()  # a reload does not log again
+    keys = group_keys(datamodule.train_records, cfg.data.group_by)
+    sizes = Counter(keys)
+    expected = [max(1.0, math.sqrt(0.5 * len(keys) / sizes[key])) for key in keys]
+    np.testing.assert_allclose(sampler.repeat_factors, expected)
+    largest = max(sizes.values())
+    assert largest > 1 and min(sizes.values()) == 1
+    lone = [f for key, f in zip(keys, sampler.repeat_factors) if sizes[key] == 1]
+    crowded = [f for key, f in zip(keys, sampler.repeat_factors) if sizes[key] == largest]
+    assert min(lone) > max(crowded)
+    assert len(sampler) == epoch_length(expected) > len(datamodule.train_records)
+    assert sum("group_repeat_threshold" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_group_repeat_needs_groups():
+    with pytest.raises(Exception, match="needs data.group_by"):  # hydra wraps the ValueError
+        build_datamodule(compose_config(["data.group_repeat_threshold=0.1"]).data)

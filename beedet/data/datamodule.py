@@ -28,8 +28,15 @@ from beedet.data.data_report import DataReport
 from beedet.data.dataset import DetectionDataset, collate_detection
 from beedet.data.images import DEFAULT_MAX_PIXELS, ImageError, verify_image
 from beedet.data.records import DataError, ImageRecord, LabelSet, Problem
-from beedet.data.repeat_factor import RepeatFactorSampler, RepeatFactors, repeat_factors
-from beedet.data.splits import compile_group_pattern, leaked_val_images, subset, train_val_split
+from beedet.data.repeat_factor import (
+    RepeatFactorSampler,
+    RepeatFactors,
+    combined_repeat_factors,
+    epoch_length,
+    group_repeat_factors,
+    repeat_factors,
+)
+from beedet.data.splits import compile_group_pattern, group_keys, leaked_val_images, subset, train_val_split
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +87,11 @@ class BeeDataModule(pl.LightningDataModule):
             images holding a class found in fewer than a fraction t of the images more often
             (LVIS repeat-factor sampling, ``beedet.data.repeat_factor``, seeded by ``seed`` and the
             epoch). ``None``: every image once per epoch, plainly shuffled.
+        group_repeat_threshold: scene-aware sampling (needs ``group_by``): with a threshold t, images
+            of groups (videos, cameras, lone photos) holding fewer than a fraction t of the training
+            images are shown more often, r = max(1, sqrt(t / f(group)))
+            (``beedet.data.repeat_factor.group_repeat_factors``); with ``repeat_factor_threshold``
+            too, each image takes the larger factor. ``None``: off.
         reduced_decode: training only: decode JPEGs at the smallest DCT-scaled size the
             augmentation's first resize needs (``beedet.data.dataset``; pixels within the tolerance
             of ``tests/test_fast_decode.py``, boxes and random draws unchanged). Validation always
@@ -114,6 +126,7 @@ class BeeDataModule(pl.LightningDataModule):
         batch_size: int = 16,
         num_workers: int = 2,
         repeat_factor_threshold: float | None = None,
+        group_repeat_threshold: float | None = None,
         reduced_decode: bool = False,
         cache_bytes: int = 0,
         num_classes: int | None = None,
@@ -141,6 +154,12 @@ class BeeDataModule(pl.LightningDataModule):
         if repeat_factor_threshold is not None and not repeat_factor_threshold > 0:
             raise ValueError(f"data.repeat_factor_threshold must be > 0 or null, got {repeat_factor_threshold}")
         self.repeat_factor_threshold = repeat_factor_threshold
+        if group_repeat_threshold is not None and not group_repeat_threshold > 0:
+            raise ValueError(f"data.group_repeat_threshold must be > 0 or null, got {group_repeat_threshold}")
+        if group_repeat_threshold is not None and group_by is None:
+            raise ValueError("data.group_repeat_threshold needs data.group_by: groups are what it balances")
+        self.group_repeat_threshold = group_repeat_threshold
+        self._group_factors: np.ndarray | None = None  # computed with the first training loader
         self.repeat_factors: RepeatFactors | None = None  # computed with the first training loader
         if cache_bytes < 0:
             raise ValueError(f"data.cache_bytes must be >= 0, got {cache_bytes}")
@@ -294,8 +313,7 @@ class BeeDataModule(pl.LightningDataModule):
         # seed), never from a stream that runs on from epoch to epoch: a run resumed from its
         # end-of-epoch checkpoint trains exactly as the uninterrupted run (beedet.data.repeat_factor).
         # The training seed is torch's, which train.py sets through seed_everything.
-        factors = (self._repeat_factors().image_factor if self.repeat_factor_threshold is not None
-                   else np.ones(len(self.train_dataset)))
+        factors = self._image_repeat_factors()
         sampler = RepeatFactorSampler(factors, seed=self.seed, augment_seed=torch.initial_seed())
         # Under DDP each rank sees only its share of the samples: drop a ragged last batch only
         # when a rank still has a full one, or a small dataset would train zero steps. Lightning
@@ -313,6 +331,20 @@ class BeeDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             drop_last=per_rank > self.batch_size,
         )
+
+    def _image_repeat_factors(self) -> np.ndarray:
+        """Each training image's repeat factor: by class, by group, the larger of both, or 1."""
+        by_class = self._repeat_factors().image_factor if self.repeat_factor_threshold is not None else None
+        if self.group_repeat_threshold is not None and self._group_factors is None:
+            keys = group_keys(self.train_records, self.group_by)
+            self._group_factors = group_repeat_factors(keys, self.group_repeat_threshold)
+            log.info("data.group_repeat_threshold=%g: %d groups of %d training images; %d images repeated "
+                     "(up to %.2fx), %d samples per epoch from group factors alone", self.group_repeat_threshold,
+                     len(set(keys)), len(keys), int((self._group_factors > 1).sum()), float(self._group_factors.max()),
+                     epoch_length(self._group_factors))
+        if by_class is None and self._group_factors is None:
+            return np.ones(len(self.train_dataset))
+        return combined_repeat_factors(by_class, self._group_factors)
 
     def _repeat_factors(self) -> RepeatFactors:
         """Repeat factors of the training records; logs the per-class numbers once."""

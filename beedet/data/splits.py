@@ -67,7 +67,7 @@ def train_val_split(
     if group_by is None:
         val_indices = set(_shuffled_indices(records, seed)[:num_val])
     else:
-        val_indices = _grouped_val_indices(_logged_group_keys(records, group_by), num_val, seed, group_by)
+        val_indices = _grouped_val_indices(group_keys(records, group_by), num_val, seed, group_by)
     train = [r for i, r in enumerate(records) if i not in val_indices]
     val = [r for i, r in enumerate(records) if i in val_indices]
     return train, val
@@ -79,8 +79,8 @@ def leaked_val_images(
     """The val records that share a ``group_by`` group with some train record (in val's order):
     e.g. frames of a video that also has frames in train. A file name neither pattern-matched nor
     present in train is never counted; the same file in both is."""
-    train_keys = set(_logged_group_keys(train, group_by))
-    return [r for r, key in zip(val, _logged_group_keys(val, group_by)) if key in train_keys]
+    train_keys = set(group_keys(train, group_by))
+    return [r for r, key in zip(val, group_keys(val, group_by)) if key in train_keys]
 
 
 def group_key(file_name: str, pattern: re.Pattern[str]) -> str | None:
@@ -106,7 +106,7 @@ def compile_group_pattern(group_by: str) -> re.Pattern[str]:
         raise ValueError(f"data.group_by={group_by!r} is not a valid regular expression: {error}") from None
 
 
-def _logged_group_keys(records: Sequence[ImageRecord], group_by: str) -> list[GroupKey]:
+def group_keys(records: Sequence[ImageRecord], group_by: str) -> list[GroupKey]:
     """One key per record; logs how many file names matched no group (each is then its own)."""
     pattern = compile_group_pattern(group_by)
     keys: list[GroupKey] = []
