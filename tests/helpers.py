@@ -78,6 +78,19 @@ def overriding(base: list[str], *extra: str) -> list[str]:
     return [b for b in base if not any(b.split("=", 1)[0] == k or b.startswith(k + ".") for k in keys)] + list(extra)
 
 
+def save_checkpoint(system, path: Path, state_dict: dict | None = None, epoch: int = 0, global_step: int = 0) -> dict:
+    """Write ``system`` (a DetectionModule) to ``path`` as a beedet checkpoint without training: its
+    weights (or ``state_dict``) plus the payload its own ``on_save_checkpoint`` adds, as
+    Lightning's checkpoint callback would. Returns the saved dict."""
+    import torch
+
+    checkpoint = {"state_dict": state_dict if state_dict is not None else system.state_dict(),
+                  "epoch": epoch, "global_step": global_step}
+    system.on_save_checkpoint(checkpoint)
+    torch.save(checkpoint, path)
+    return checkpoint
+
+
 def tensorboard_run_dir(run_dir: Path) -> Path:
     """The folder of a training run's TensorBoard events: ``<run_dir>/tensorboard/<run name>``
     (conf/logger/tensorboard.yaml), the one folder there."""

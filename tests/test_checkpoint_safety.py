@@ -31,7 +31,7 @@ from beedet.checkpointing import (
     untrusted_targets,
 )
 from beedet.serving.handlers import load_detector, output_fn, predict_fn
-from helpers import CONF, REPO, TINY_SYNTHETIC, compose_config
+from helpers import CONF, REPO, TINY_SYNTHETIC, compose_config, save_checkpoint
 
 CLASSES = ["bee", "drone", "pollenbee", "queen"]
 
@@ -52,10 +52,8 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     ``on_save_checkpoint`` without training (weights are random; only loading is tested)."""
     cfg = compose_config(TINY_SYNTHETIC)
     system = build_system(cfg, build_network(cfg.model, num_classes=len(CLASSES)), CLASSES)
-    checkpoint = {"state_dict": system.state_dict(), "epoch": 0, "global_step": 0}
-    system.on_save_checkpoint(checkpoint)
     path = tmp_path_factory.mktemp("ckpt") / "clean.ckpt"
-    torch.save(checkpoint, path)
+    save_checkpoint(system, path)
     return path
 
 
@@ -216,10 +214,8 @@ def test_a_checkpoint_naming_targets_before_the_move_loads_and_detects_the_same(
     cfg = compose_config([*TINY_SYNTHETIC, "slicing=tiles", "slicing.tile_size=160", "slicing.overlap=32",
                           "callbacks=ema"])
     system = build_system(cfg, build_network(cfg.model, num_classes=len(CLASSES)), CLASSES)
-    checkpoint = {"state_dict": system.state_dict(), "epoch": 0, "global_step": 0}
-    system.on_save_checkpoint(checkpoint)
     new_path = tmp_path / "new.ckpt"
-    torch.save(checkpoint, new_path)
+    checkpoint = save_checkpoint(system, new_path)
 
     old_names = {new: old for old, new in RENAMED_TARGETS.items()}
     new_yaml = CheckpointPayload.from_plain(checkpoint[PAYLOAD_KEY], "x").config_yaml

@@ -22,10 +22,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 from PIL import Image, ImageDraw
 
-from helpers import REPO, TINY_SYNTHETIC, compose_config
+from helpers import REPO, TINY_SYNTHETIC, compose_config, save_checkpoint
 
 CLASSES = ["bee", "drone", "pollenbee", "queen"]
 
@@ -152,10 +151,8 @@ def checkpoint(tmp_path_factory) -> Path:
     built = compose_config(overrides)
     stored = compose_config([*overrides, "model.pretrained_backbone=true"]) if "pretrained_backbone" in built.model else built
     system = build_system(stored, build_network(built.model, num_classes=len(CLASSES)), CLASSES)
-    state = {"state_dict": system.state_dict(), "epoch": 0, "global_step": 0}
-    system.on_save_checkpoint(state)
     path = tmp_path_factory.mktemp("checkpoint") / "best.ckpt"
-    torch.save(state, path)
+    save_checkpoint(system, path)
     return path
 
 

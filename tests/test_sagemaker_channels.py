@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import compose_config, run_script
+from helpers import compose_config, run_script, save_checkpoint
 from omegaconf import DictConfig
 from torchvision.models import ResNet18_Weights, ResNet50_Weights, resnet18
 
@@ -172,9 +172,7 @@ def _earlier_artifact(root: Path, class_names: list[str], overrides: list[str], 
     cfg = compose_config(overrides)
     system = build_system(cfg, build_network(cfg.model, num_classes=len(class_names)), class_names)
     system.load_state_dict(_random_state(system.state_dict(), seed))
-    checkpoint = {"state_dict": system.state_dict(), "epoch": 3, "global_step": 12}
-    system.on_save_checkpoint(checkpoint)
-    torch.save(checkpoint, root / "best.ckpt")
+    checkpoint = save_checkpoint(system, root / "best.ckpt", epoch=3, global_step=12)
     model_dir = write_model_artifact(root / "model", root / "best.ckpt")
     with tarfile.open(root / "model.tar.gz", "w:gz") as tar:
         for path in sorted(model_dir.iterdir()):
@@ -214,9 +212,9 @@ def test_a_model_channel_replaces_the_imagenet_weights_a_job_asks_for(tmp_path, 
     `model` channel (here the extracted artifact of the job above) and no `pretrained` channel,
     nothing is downloaded or looked for, and the network starts from that model."""
     earlier = pretrained_job["system"]
-    checkpoint = {"state_dict": _random_state(earlier.state_dict(), seed=11), "epoch": 3, "global_step": 12}
-    earlier.on_save_checkpoint(checkpoint)  # its class names and run config
-    torch.save(checkpoint, tmp_path / "best.ckpt")
+    # Its class names and run config, with other weights.
+    checkpoint = save_checkpoint(earlier, tmp_path / "best.ckpt", _random_state(earlier.state_dict(), seed=11),
+                                 epoch=3, global_step=12)
     ml, env = _opt_ml(tmp_path, synthetic, "model")
     write_model_artifact(ml / "input" / "data" / "model", tmp_path / "best.ckpt")
 
