@@ -246,3 +246,39 @@ def test_long_side_upscales_small_photos_and_is_checked():
     assert found["boxes"].tolist() == [pytest.approx([40.0, 10.0, 80.0, 30.0], abs=1.0)]
     with pytest.raises(ValueError, match="long_side"):
         Slicing(tile_size=300, long_side=200)
+
+
+def test_scale_ranges_give_small_bees_to_the_tiles_and_large_ones_to_the_whole_frame():
+    """slicing.tile_max_size / full_frame_min_size (SNIP's valid ranges): a tile's large detection
+    (here a made-up 150 px box on every tile, the featureless-wall false positive of the real
+    model) and the whole-frame pass's small one (here shifted off the bee) are dropped; a small bee
+    comes from its tile and a close-up from the whole frame, each once."""
+    small, close_up = (500, 400, 530, 420), (1000, 300, 1400, 600)
+    image = paint([small, close_up], [0, 1])
+
+    def detect(crops):
+        found = oracle_detect(crops)
+        for crop, out in zip(crops, found):
+            if tuple(crop.shape[-2:]) == (HEIGHT, WIDTH):  # the whole-frame pass
+                out["boxes"][out["labels"] == 0] += 12.0
+            else:
+                out["boxes"] = torch.cat([out["boxes"], torch.tensor([[10.0, 10.0, 160.0, 160.0]])])
+                out["scores"] = torch.cat([out["scores"], torch.tensor([0.99])])
+                out["labels"] = torch.cat([out["labels"], torch.tensor([2])])
+        return found
+
+    ranged = Slicing(tile_size=300, overlap=96, full_frame=True, tile_max_size=100, full_frame_min_size=50)
+    _match(detect_sliced(detect, image, ranged), [small, close_up], [0, 1])
+
+    everything = detect_sliced(detect, image, Slicing(tile_size=300, overlap=96, full_frame=True))
+    assert int((everything["labels"] == 2).sum()) == len(tile_grid(WIDTH, HEIGHT, 300, 96))
+    assert int((everything["labels"] == 0).sum()) == 2  # the bee from its tile, and the shifted copy
+
+
+def test_scale_ranges_are_checked():
+    with pytest.raises(ValueError, match="full_frame=true"):
+        Slicing(tile_max_size=64)
+    with pytest.raises(ValueError, match="full_frame_min_size"):
+        Slicing(full_frame=True, tile_max_size=32, full_frame_min_size=64)
+    with pytest.raises(ValueError, match="tile_max_size"):
+        Slicing(full_frame=True, tile_max_size=0)

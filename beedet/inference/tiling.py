@@ -73,6 +73,13 @@ class Slicing:
             the longer side, in 1920x1080 video and 4032x3024 phone photos alike), so this shows
             the network every frame at the scale it was trained on (``conf/augment/scaled.yaml``
             resizes training frames the same way). None: tile at the stored resolution.
+        tile_max_size: scale ranges as in SNIP (Singh and Davis 2018): with ``full_frame``, drop
+            tile detections larger than this (the square root of the box area, in pixels of the
+            frame being tiled, after ``long_side``), because the whole-frame pass sees such objects
+            at the scale the network knows best, where the tile sees them at most a few cells from
+            its edge or as a featureless close-up of wall or comb. None: keep every size.
+        full_frame_min_size: with ``full_frame``, drop whole-frame detections smaller than this
+            (same units), which the tiles see at native resolution. None: keep every size.
         batch_size: tiles per forward pass.
         max_detections: keep at most this many detections per frame, by score (crowded hive
             frames hold a few hundred bees).
@@ -88,6 +95,8 @@ class Slicing:
     batch_size: int = 16
     max_detections: int = 500
     long_side: int | None = None
+    tile_max_size: float | None = None
+    full_frame_min_size: float | None = None
 
     def __post_init__(self) -> None:
         if self.tile_size < 1:
@@ -101,6 +110,22 @@ class Slicing:
                 raise ValueError(f"slicing.{name} must be in (0, 1], got {getattr(self, name)}")
         if self.batch_size < 1 or self.max_detections < 1:
             raise ValueError("slicing.batch_size and slicing.max_detections must be >= 1")
+        for name in ("tile_max_size", "full_frame_min_size"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"slicing.{name} must be null or > 0, got {value}")
+        if (self.tile_max_size is not None or self.full_frame_min_size is not None) and not self.full_frame:
+            raise ValueError("slicing.tile_max_size and slicing.full_frame_min_size split sizes between the tiles and "
+                             "the whole-frame pass: they need slicing.full_frame=true")
+        if (
+            self.tile_max_size is not None
+            and self.full_frame_min_size is not None
+            and self.full_frame_min_size > self.tile_max_size
+        ):
+            raise ValueError(
+                f"slicing.full_frame_min_size ({self.full_frame_min_size}) above slicing.tile_max_size "
+                f"({self.tile_max_size}) leaves sizes that no pass may report"
+            )
         if self.long_side is not None and self.long_side < self.tile_size:
             raise ValueError(f"slicing.long_side must be null or >= tile_size={self.tile_size}, got {self.long_side}")
 
@@ -150,6 +175,8 @@ def detect_sliced(detect: DetectFn, image: Tensor, slicing: Slicing) -> Detectio
     boxes, scores, labels, tile_ids, truncated = [], [], [], [], []
     for t, (out, tile) in enumerate(zip(outputs, tiles.tolist())):
         x0, y0, x1, y1 = tile
+        if slicing.tile_max_size is not None:
+            out = _within_size(out, high=slicing.tile_max_size)
         b = out["boxes"].float() + torch.tensor([x0, y0, x0, y0], dtype=torch.float32, device=out["boxes"].device)
         boxes.append(b)
         scores.append(out["scores"].float())
@@ -158,6 +185,8 @@ def detect_sliced(detect: DetectFn, image: Tensor, slicing: Slicing) -> Detectio
         truncated.append(_touches_inner_edge(b, tile, width, height, slicing.edge_margin))
     if slicing.full_frame:
         (out,) = detect([image])
+        if slicing.full_frame_min_size is not None:
+            out = _within_size(out, low=slicing.full_frame_min_size)
         boxes.append(out["boxes"].float())
         scores.append(out["scores"].float())
         labels.append(out["labels"])
@@ -180,6 +209,14 @@ def detect_sliced(detect: DetectFn, image: Tensor, slicing: Slicing) -> Detectio
     )
     order = merged["scores"].argsort(descending=True)[: slicing.max_detections]
     return {key: value[order] for key, value in merged.items()}
+
+
+def _within_size(found: Detections, low: float = 0.0, high: float = math.inf) -> Detections:
+    """The detections of ``found`` whose size, the square root of the box area, is in [low, high]."""
+    wh = (found["boxes"][:, 2:] - found["boxes"][:, :2]).clamp(min=0)
+    size = (wh[:, 0] * wh[:, 1]).sqrt()
+    keep = (size >= low) & (size <= high)
+    return {key: value[keep] for key, value in found.items()}
 
 
 def resize_long_side(image: Tensor, long_side: int) -> tuple[Tensor, tuple[float, float]]:
