@@ -15,6 +15,7 @@ from typing import Any
 
 import albumentations as A
 import pytorch_lightning as pl
+import torch
 import torch.nn as nn
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -154,7 +155,27 @@ def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     """The Lightning Trainer with the configured callbacks and logger, saving checkpoints atomically."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.get("callbacks") else []
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()], **overrides)
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()], **overrides)
+    warn_if_bf16_is_emulated(trainer)
+    return trainer
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 convolutions natively on this CPU (AVX512-BF16 or AMX)."""
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def warn_if_bf16_is_emulated(trainer: pl.Trainer) -> None:
+    """bf16-mixed on a CPU trains about 1.6x faster than 32-true where the CPU computes in bfloat16
+    (2-core AVX512-BF16 box, honeybee recipe: 560 s against 894 s for 24,000 images, same AP50),
+    and slower where it must emulate it: say so, rather than let a run crawl."""
+    on_cpu = isinstance(trainer.accelerator, pl.accelerators.CPUAccelerator)
+    if on_cpu and "bf16" in str(trainer.precision) and not cpu_has_native_bf16():
+        log.warning(
+            "trainer.precision=%s on a CPU without native bfloat16 (no AVX512-BF16 or AMX): it is emulated and "
+            "slower than trainer.precision=32-true, which this CPU should use",
+            trainer.precision,
+        )
 
 
 def load_system(ckpt_path: str | os.PathLike, slicing: DictConfig | None = None) -> tuple[DetectionModule, DictConfig]:
