@@ -171,3 +171,31 @@ def test_a_feature_pyramid_keeps_the_map_sides_and_feeds_every_level_context() -
     assert not torch.allclose(pyramid.backbone(x)["0"], before)
     with pytest.raises(ValueError, match="pyramid channels"):
         ssd.ssd_resnet_slim(NUM_CLASSES, pyramid_channels=-1)
+
+
+def test_pyramid_levels_keep_the_coarse_maps_context_out_of_the_fine_ones() -> None:
+    """pyramid_levels=4 at 320 px: the 40, 20, 10 and 5 px maps are joined top-down, the 3x3 and
+    1x1 maps (near-global views of a tile) are not, so changing the block that makes the 1x1 map
+    changes that map and leaves every finer one as it was. Same sides and channels as before."""
+    torch.manual_seed(0)
+    net = ssd.ssd_resnet_slim(NUM_CLASSES, image_size=320, pyramid_channels=48, pyramid_levels=4).eval()
+    assert _backbone_sides(net, 320) == feature_map_sizes(320)
+    assert net.backbone.out_channels == [48] * len(feature_map_sizes(320))
+    x = torch.rand(1, 3, 320, 320)
+    with torch.no_grad():
+        before = {k: v.clone() for k, v in net.backbone(x).items()}
+        for p in net.backbone.body.extras[-1].parameters():
+            p.add_(0.5)
+        after = net.backbone(x)
+    changed = [k for k in before if not torch.allclose(before[k], after[k])]
+    assert changed == ["5"]
+    # Changing the block that makes the 5x5 map (joined) reaches every finer map, not the coarser.
+    with torch.no_grad():
+        for p in net.backbone.body.extras[-3].parameters():
+            p.add_(0.5)
+        again = net.backbone(x)
+    assert [k for k in after if not torch.allclose(after[k], again[k])] == ["0", "1", "2", "3", "4", "5"]
+    with pytest.raises(ValueError, match="pyramid levels"):
+        ssd.ssd_resnet_slim(NUM_CLASSES, pyramid_channels=48, pyramid_levels=7)
+    with pytest.raises(ValueError, match="pyramid_levels needs pyramid_channels"):
+        ssd.ssd_resnet_slim(NUM_CLASSES, pyramid_levels=4)

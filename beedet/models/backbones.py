@@ -81,18 +81,44 @@ class PyramidFeatures(nn.Module):
     ones, then a 3x3 conv, and every map comes out with ``channels`` channels. The same output
     contract (same sides, ``out_channels`` = ``channels`` per map). Why: in a small from-scratch
     trunk the stride-8 map, where most bees are found, has seen only a few convolutions; the
-    pyramid gives it what the deeper maps learnt about comb, crowds and shadows."""
+    pyramid gives it what the deeper maps learnt about comb, crowds and shadows.
 
-    def __init__(self, extractor: SSDFeatureExtractor, channels: int) -> None:
+    ``levels``: how many of the largest maps the pyramid joins (None: all). The coarser maps then
+    reach the head each through its own 1x1 and 3x3 conv (a pyramid level without the top-down
+    path), so they give no context to the finer maps. Why: the last map is 1x1, one vector for the
+    whole input. Added to every position of every finer map, it lets the network learn what kind
+    of *scene* an input is (which of a few hundred training photos it resembles) and call every bee
+    in it by that scene's class. A from-scratch network on 496 photos learnt exactly that: a
+    hive-frame tile whose 1x1 vector happened to resemble a pollen photo came out as 100-150
+    "pollen bees", and moving the tile 4 px changed it (bench/README.md, the flat-wall note).
+    """
+
+    def __init__(self, extractor: SSDFeatureExtractor, channels: int, levels: int | None = None) -> None:
         super().__init__()
         if channels < 1:
             raise ValueError(f"pyramid channels must be >= 1, got {channels}")
+        in_channels = list(extractor.out_channels)
+        if levels is None:
+            levels = len(in_channels)
+        if not 1 <= levels <= len(in_channels):
+            raise ValueError(f"pyramid levels must be between 1 and the {len(in_channels)} maps, got {levels}")
         self.body = extractor
-        self.fpn = FeaturePyramidNetwork(list(extractor.out_channels), channels)
-        self.out_channels = [channels] * len(extractor.out_channels)
+        self.fpn = FeaturePyramidNetwork(in_channels[:levels], channels)
+        # The same two convs an FPN level has (lateral 1x1, output 3x3), without the top-down sum.
+        self.coarse = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, channels, kernel_size=1), nn.Conv2d(channels, channels, kernel_size=3, padding=1))
+            for c in in_channels[levels:]
+        )
+        self.levels = levels
+        self.out_channels = [channels] * len(in_channels)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
-        return self.fpn(self.body(images))
+        maps = self.body(images)
+        names = list(maps)
+        fine = self.fpn(OrderedDict((name, maps[name]) for name in names[: self.levels]))
+        for name, conv in zip(names[self.levels :], self.coarse):
+            fine[name] = conv(maps[name])
+        return fine
 
 
 def feature_map_sizes(image_size: int) -> list[int]:

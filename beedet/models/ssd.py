@@ -244,6 +244,7 @@ def ssd_resnet_slim(
     aspect_ratios: Sequence[Sequence[int]] | None = None,
     extra_channels: Sequence[int] | None = None,
     pyramid_channels: int = 0,
+    pyramid_levels: int | None = None,
     score_thresh: float = 0.01,
     nms_thresh: float = 0.45,
     detections_per_img: int = 200,
@@ -269,6 +270,8 @@ def ssd_resnet_slim(
 
     ``pyramid_channels`` > 0 adds a feature pyramid (``backbones.PyramidFeatures``): every map is
     refined top-down and comes out with that many channels, which the head then reads; 0: none.
+    ``pyramid_levels``: how many of the largest maps it refines top-down (None: all); the coarser
+    ones get the same channels without passing their context down (see ``PyramidFeatures``).
     """
     trunk, stages, channels = slim_resnet(widths, blocks)
     sides = feature_map_sizes(image_size)
@@ -279,7 +282,9 @@ def ssd_resnet_slim(
     extras = nn.ModuleList([*stages, *extra_blocks(channels[-1], sides[len(channels) - 1], plain)])
     backbone = SSDFeatureExtractor(trunk, extras, [*channels, *plain])
     if pyramid_channels:
-        backbone = PyramidFeatures(backbone, pyramid_channels)
+        backbone = PyramidFeatures(backbone, pyramid_channels, pyramid_levels)
+    elif pyramid_levels is not None:
+        raise ValueError("pyramid_levels needs pyramid_channels > 0 (a feature pyramid)")
     return _assemble_ssd(
         num_classes,
         backbone,
