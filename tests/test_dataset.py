@@ -8,6 +8,7 @@ import albumentations as A
 import numpy as np
 import pytest
 import torch
+from hydra.errors import InstantiationException
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -178,3 +179,53 @@ def test_ddp_keeps_a_ragged_batch_when_a_rank_has_no_full_one(tmp_path):
     assert dm.train_dataloader().drop_last is False
     dm.trainer = SimpleNamespace(world_size=1)  # type: ignore[assignment]
     assert dm.train_dataloader().drop_last is True
+
+
+class _ThreadCounts(torch.utils.data.Dataset):
+    """One sample: the OpenCV and torch intra-op thread counts of the process that loads it."""
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import cv2
+
+        return torch.tensor([cv2.getNumThreads(), torch.get_num_threads()])
+
+
+def test_loader_workers_persist_and_run_one_opencv_and_one_torch_thread(tmp_path: Path) -> None:
+    """The real data config's loaders: persistent workers with batches prefetched, started by
+    init_worker, in which OpenCV and torch each run one thread (without it OpenCV in a worker runs
+    one thread per core; on a 16-core machine, 14 workers would run 224). Pinned memory follows the
+    trainer's device unless data.pin_memory says otherwise."""
+    from types import SimpleNamespace
+
+    import cv2
+
+    from beedet.assembly import build_datamodule
+
+    cfg = compose_config(["data.num_workers=1"])
+    dm = build_datamodule(cfg.data)
+    image = tmp_path / "a.jpg"
+    Image.new("RGB", (32, 32)).save(image)
+    dm.train_dataset = dm.val_dataset = DetectionDataset([ImageRecord(image, 32, 32)] * 4)
+    default_threads = cv2.getNumThreads()
+    try:
+        if default_threads > 1:  # what a worker inherits when nothing limits it
+            plain = DataLoader(_ThreadCounts(), num_workers=1)
+            assert next(iter(plain)).tolist()[0][0] > 1
+        for loader in (dm.train_dataloader(), dm.val_dataloader()):
+            assert loader.persistent_workers and loader.prefetch_factor == cfg.data.prefetch_factor == 2
+            assert loader.pin_memory is False  # no trainer, no GPU
+            for context in ("fork", "spawn"):  # Linux's default, and macOS's and Windows'
+                probe = DataLoader(_ThreadCounts(), num_workers=1, worker_init_fn=loader.worker_init_fn,
+                                   multiprocessing_context=context)
+                assert next(iter(probe)).tolist() == [[1, 1]], context
+    finally:
+        cv2.setNumThreads(default_threads)
+    dm.trainer = SimpleNamespace(world_size=1, strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))  # type: ignore[assignment]
+    assert dm.train_dataloader().pin_memory is True
+    dm.pin_memory = False
+    assert dm.train_dataloader().pin_memory is False
+    with pytest.raises(InstantiationException, match="data.prefetch_factor must be >= 1"):
+        build_datamodule(cfg.data, prefetch_factor=0)

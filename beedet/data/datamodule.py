@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 import albumentations as A
+import cv2
 import numpy as np
 import pytorch_lightning as pl
 import torch
@@ -109,6 +110,10 @@ class BeeDataModule(pl.LightningDataModule):
             paths in the label files may then name any file on the machine (``beedet.data.roots``).
         max_pixels: refuse images with more pixels, by name, when labels are checked, and never
             decode them (``beedet.data.images.DEFAULT_MAX_PIXELS``); None: only Pillow's own limit.
+        prefetch_factor: batches each DataLoader worker keeps ready (torch's default, 2). Workers
+            are persistent and start with one OpenCV and one torch thread each (:func:`init_worker`).
+        pin_memory: page-locked batches, which copy to a GPU asynchronously. None: when the
+            trainer runs on CUDA.
     """
 
     def __init__(
@@ -133,6 +138,8 @@ class BeeDataModule(pl.LightningDataModule):
         val_subset: str = "all",
         allow_outside_root: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        prefetch_factor: int = 2,
+        pin_memory: bool | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 < subset_fraction <= 1.0:
@@ -151,6 +158,10 @@ class BeeDataModule(pl.LightningDataModule):
         self.verify_images = verify_images
         self.batch_size = batch_size
         self.num_workers = num_workers
+        if prefetch_factor < 1:
+            raise ValueError(f"data.prefetch_factor must be >= 1 (batches each worker keeps ready), got {prefetch_factor}")
+        self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
         if repeat_factor_threshold is not None and not repeat_factor_threshold > 0:
             raise ValueError(f"data.repeat_factor_threshold must be > 0 or null, got {repeat_factor_threshold}")
         self.repeat_factor_threshold = repeat_factor_threshold
@@ -327,9 +338,8 @@ class BeeDataModule(pl.LightningDataModule):
             sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=collate_detection,
-            # Workers outlive the epoch: respawning them costs seconds per epoch on small data.
-            persistent_workers=self.num_workers > 0,
             drop_last=per_rank > self.batch_size,
+            **self._loader_options(),
         )
 
     def _image_repeat_factors(self) -> np.ndarray:
@@ -362,8 +372,41 @@ class BeeDataModule(pl.LightningDataModule):
             shuffle=False,
             num_workers=self.num_workers,
             collate_fn=collate_detection,
-            persistent_workers=self.num_workers > 0,
+            **self._loader_options(),
         )
+
+    def _loader_options(self) -> dict:
+        """The DataLoader settings both loaders share: how workers run and hand batches over."""
+        pin = self.pin_memory
+        if pin is None:
+            # Page-locked batches copy to a GPU asynchronously; on a CPU run they only cost a copy.
+            device = getattr(getattr(self.trainer, "strategy", None), "root_device", None)
+            pin = device is not None and device.type == "cuda"
+        options: dict = {"pin_memory": bool(pin)}
+        if self.num_workers > 0:
+            # Forked workers inherit OpenCV's thread count from this process, and setting it in a
+            # forked worker can deadlock once this process has used OpenCV's thread pool (an
+            # in-process augmentation did it in tests/test_dataset.py): set it here, before the
+            # fork. This process only batches and trains, which OpenCV threads do not speed up.
+            cv2.setNumThreads(1)
+            # Workers outlive the epoch: respawning them costs seconds per epoch on small data, and
+            # repeat-factor sampling makes epochs short (a few steps on a GPU).
+            options.update(persistent_workers=True, prefetch_factor=self.prefetch_factor, worker_init_fn=init_worker)
+        return options
+
+
+def init_worker(worker_id: int) -> None:
+    """Start of a DataLoader worker: one OpenCV thread and one torch intra-op thread in it.
+
+    Why: the workers are the parallelism. torch's worker loop already sets one torch thread, but
+    OpenCV (every albumentations resize, warp and colour change) starts as many threads as the
+    machine has cores in every worker: 14 workers on a 16-core GPU machine would run 224 OpenCV
+    threads on 16 cores (the likely cause of the 20 images/s per worker measured there, against 84
+    per worker on a 2-core CPU). Forked workers already have one OpenCV thread from the loader's
+    process (see ``BeeDataModule._loader_options``); spawned ones start fresh and set it here."""
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+    torch.set_num_threads(1)
 
 
 def _shared_class_names(train: list[str], val: list[str]) -> list[str] | None:
