@@ -90,7 +90,7 @@ class PyramidFeatures(nn.Module):
     of *scene* an input is (which of a few hundred training photos it resembles) and call every bee
     in it by that scene's class. A from-scratch network on 496 photos learnt exactly that: a
     hive-frame tile whose 1x1 vector happened to resemble a pollen photo came out as 100-150
-    "pollen bees", and moving the tile 4 px changed it (bench/README.md, the flat-wall note).
+    "pollen bees", and moving the tile 4 px changed it (bench/README.md, the 176k-image long run).
     """
 
     def __init__(self, extractor: SSDFeatureExtractor, channels: int, levels: int | None = None) -> None:
