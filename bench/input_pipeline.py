@@ -30,6 +30,9 @@ experiment's ``data.batch_size``, the same frames in the same order):
 * ``beedet_ssd300_cached``: the same with ``data.cache_bytes`` large enough for the frames; its
   warm-up epoch fills every worker's cache, so the timed epochs skip decoding (augmentation is
   still drawn anew).
+* ``beedet_honeybee``: ``+experiment=honeybee``, the real-data recipe (``augment=scaled``: each
+  frame to a 960 px longer side at reduced-size decode, scale jitter, 320 px crops), with its
+  decoded-frame cache warmed first.
 * ``beedet_tiled``: ``+experiment=honeybee_tiled`` (``augment=tiled``: 300 px crops at native
   resolution, so full-size decode), and ``beedet_tiled_cached``.
 
@@ -40,7 +43,9 @@ median epoch is reported. Each batch also carries its worker's process CPU time 
 collate function, which runs in the worker), so the CPU seconds the workers spent on an epoch are
 known too: ``images_per_cpu_s`` is images per second of one worker's CPU time, which a shared,
 loaded machine disturbs less than the wall clock. Every frame file is read once before any
-timing: training reads its frames from the page cache after the first epoch.
+timing: training reads its frames from the page cache after the first epoch. ``first_batch_s`` is
+the epoch boundary: the median time from starting a timed epoch (persistent workers already up)
+to its first batch, beside ``batch_interval_s``, the mean time per batch within an epoch.
 Worker processes run single-threaded, so a worker is one core's worth of work: PyTorch sets
 its own thread count to 1 in workers, and this script sets OpenCV's to 1 before they start (they
 inherit it; calling ``cv2.setNumThreads`` inside a forked worker can deadlock once the parent has
@@ -105,6 +110,7 @@ CASES = [
     Case("beedet_ssd300_cached", ["+experiment=honeybee_wholeframe"], "beedet augment=ssd at 300 px, decoded frames cached in RAM", cached=True),
     Case("beedet_tiled", ["+experiment=honeybee_tiled"], "beedet augment=tiled (300 px native-resolution crops), full decode"),
     Case("beedet_tiled_cached", ["+experiment=honeybee_tiled"], "beedet augment=tiled, decoded frames cached in RAM", cached=True),
+    Case("beedet_honeybee", ["+experiment=honeybee"], "the real-data recipe: augment=scaled (960 px frames, 320 px crops), decoded frames cached", cached=True),
 ]
 
 
@@ -330,15 +336,19 @@ def _time_loader(dataset: Any, collate: Any, batch_size: int, workers: int, coun
     cpu_at: dict[int, float] = {}
     for _, (pid, cpu) in loader:
         cpu_at[pid] = cpu
-    epochs = []
+    epochs, firsts = [], []
     for _ in range(repeats):
         start_cpu = dict(cpu_at)
         images = 0
+        first = None
         start, main_start = time.perf_counter(), time.process_time()
         for (batch_images, _), (pid, cpu) in loader:
+            if first is None:
+                first = time.perf_counter() - start
             images += len(batch_images)
             cpu_at[pid] = cpu
         wall, main_cpu = time.perf_counter() - start, time.process_time() - main_start
+        firsts.append(first)
         # With 0 workers the batches stamp this process: its CPU time is then the loading's.
         cpu_s = sum(cpu - start_cpu.get(pid, cpu) for pid, cpu in cpu_at.items())
         epochs.append((images / wall, images / cpu_s if cpu_s > 0 else None, wall, cpu_s, main_cpu))
@@ -357,6 +367,10 @@ def _time_loader(dataset: Any, collate: Any, batch_size: int, workers: int, coun
         "images_per_s_best": round(max(rates), 2),
         "images_per_s_per_worker": round(float(np.median(rates)) / max(1, workers), 2),
         "images_per_cpu_s": round(float(np.median(cpu_rates)), 2) if cpu_rates else None,
+        # The epoch boundary with persistent workers: from asking for a new epoch to its first
+        # batch, against the mean gap between batches within an epoch.
+        "first_batch_s": round(float(np.median(firsts)), 4),
+        "batch_interval_s": round(median[2] / max(1, -(-count // batch_size)), 4),
     }
 
 

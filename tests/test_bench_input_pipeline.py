@@ -12,7 +12,7 @@ import pytest
 from helpers import REPO
 
 PIPELINES = {"torchvision_ssd", "beedet_ssd300", "beedet_ssd300_full_decode", "beedet_ssd300_cached", "beedet_tiled",
-             "beedet_tiled_cached"}
+             "beedet_tiled_cached", "beedet_honeybee"}
 
 
 @pytest.fixture
@@ -41,13 +41,15 @@ def test_smallest_size_writes_well_formed_results(bench, honeybee_mini: Path, tm
         timing = pipeline["workers"]["1"]
         assert timing["images"] == (1 if name == "torchvision_ssd" else 4), name
         assert timing["wall_s"] > 0 and timing["images_per_s"] > 0 and timing["cpu_s"] >= 0, name
-        assert pipeline["image_size"] == 300
+        assert timing["first_batch_s"] > 0 and timing["batch_interval_s"] > 0, name
+        assert pipeline["image_size"] == (320 if name == "beedet_honeybee" else 300)
     # The settings that decide each beedet pipeline's speed come from the real config.
     assert pipelines["beedet_ssd300"]["decode_size"] == [300, 300] and pipelines["beedet_ssd300"]["cache_bytes"] == 0
     assert pipelines["beedet_ssd300"]["augment"][0] == "Resize" and pipelines["beedet_ssd300"]["augment"][-1] == "ColorJitter"
     assert pipelines["beedet_ssd300_full_decode"]["decode_size"] is None
     assert pipelines["beedet_ssd300_cached"]["cache_bytes"] >= 4 * 1920 * 1080 * 3
     assert pipelines["beedet_tiled"]["decode_size"] is None and pipelines["beedet_tiled"]["augment"][0] == "PadIfNeeded"
+    assert pipelines["beedet_honeybee"]["augment"][0] == "LongestMaxSize" and pipelines["beedet_honeybee"]["cache_bytes"] > 0
 
     assert results["ratios"]["beedet_ssd300"]["x_torchvision_wall"] > 0
     assert results["scaling_2_vs_1_workers"] == results["per_worker_cpu_rate_2_vs_1_workers"] == {}  # one worker count

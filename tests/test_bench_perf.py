@@ -93,3 +93,16 @@ def test_gpu_throughput_smoke_size_on_cpu(tmp_path, honeybee_mini):
     assert _positive(result["real_vs_synthetic"]) and _positive(result["loader_headroom"])
     assert math.isfinite(result["max_loss"])
     assert "say nothing about a GPU" in proc.stdout
+
+
+def test_sliced_inference_smallest_size(tmp_path, honeybee_mini):
+    """bench/sliced_inference.py on two honeybee-mini val frames with the recipe's untrained network:
+    both cases run on the same frames and the ratio is theirs."""
+    proc, result = run_bench("sliced_inference.py", "--frames", "2", "--batch", "2", "--repeats", "1",
+                             "--data-root", str(honeybee_mini), tmp_path=tmp_path)
+    assert result["benchmark"] == "sliced_inference" and result["machine"]["torch"]
+    assert result["frames"] == 2 and result["slicing"] == {"long_side": 960, "tile_size": 320, "overlap": 80, "full_frame": True}
+    rates = result["frames_per_s"]
+    assert set(rates) == {"per_frame", "batched"} and all(_positive(r) for r in rates.values())
+    assert math.isclose(result["batched_vs_per_frame"], rates["batched"] / rates["per_frame"])
+    assert "batched / per_frame" in proc.stdout

@@ -282,3 +282,35 @@ def test_scale_ranges_are_checked():
         Slicing(full_frame=True, tile_max_size=32, full_frame_min_size=64)
     with pytest.raises(ValueError, match="tile_max_size"):
         Slicing(full_frame=True, tile_max_size=0)
+
+
+def test_many_frames_share_full_batches_and_come_back_as_one_at_a_time():
+    """detect_sliced_frames: the tiles (and whole-frame passes) of a 1080p frame, a frame within
+    one tile and a frame resized by long_side go through detect in batches of exactly
+    slicing.batch_size but the last, and each frame gets what detect_sliced gives it alone."""
+    from beedet.inference.tiling import detect_sliced_frames
+
+    boxes, labels = seam_bees()
+    seam = paint(boxes, labels)
+    small = torch.zeros(3, 250, 280)
+    small[0, 10:40, 20:60] = 1.0
+    small[1, 10:40, 20:60] = 0.1
+    frames = [seam, small, seam.flip(-1)]
+    plain = Slicing(tile_size=300, overlap=96, batch_size=7)
+    for slicing in (plain, Slicing(tile_size=300, overlap=96, batch_size=5, full_frame=True, long_side=960)):
+        sizes = []
+
+        def detect(images):
+            sizes.append(len(images))
+            return oracle_detect(images)
+
+        together = detect_sliced_frames(detect, frames, slicing)
+        inputs = sum(sizes)
+        assert sizes == [slicing.batch_size] * (inputs // slicing.batch_size) + ([inputs % slicing.batch_size] if inputs % slicing.batch_size else [])
+        alone = [detect_sliced(oracle_detect, frame, slicing) for frame in frames]
+        assert len(together) == len(alone) == 3
+        for a, b in zip(together, alone):
+            for key in ("boxes", "scores", "labels"):
+                torch.testing.assert_close(a[key], b[key])
+        if slicing.long_side is None:
+            _match(together[0], boxes, labels)
