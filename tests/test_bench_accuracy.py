@@ -1,7 +1,8 @@
-"""bench/accuracy_honeybee.py in its smallest size: it runs the recipe end to end on honeybee-mini,
-at two budgets (a learning curve), evaluates each on the unseen val images too,
-and writes a well-formed result file. (Timings and accuracy are the benchmark's business, not the
-tests'.)"""
+"""bench/accuracy_honeybee.py in its smallest size: it runs the recipe end to end on honeybee-mini
+at one budget given as a learning-curve point (``--images-seen``), evaluates it on the unseen val
+images too, and writes a well-formed result file. (One budget, not two: the budgets are a plain
+loop, and a second one cost the suite 20 s of its 10 minutes.) Timings and accuracy are the
+benchmark's business, not the tests'."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def test_accuracy_benchmark_smallest_size_writes_well_formed_results(tmp_path, h
     out = tmp_path / "results"
     cmd = [
         sys.executable, str(REPO / "bench" / "accuracy_honeybee.py"),
-        "--quick", "--images-seen", "2,4", "--only", "honeybee", "--batch-size", "2", "--num-workers", "0",
+        "--quick", "--images-seen", "4", "--only", "honeybee", "--batch-size", "2", "--num-workers", "0",
         "--data-root", str(honeybee_mini), "--out", str(out), "--work-dir", str(tmp_path / "work"),
         "--device-name", "test",
         # An untrained network scores every anchor near 1/5: keep its sliced validation quick.
@@ -30,7 +31,7 @@ def test_accuracy_benchmark_smallest_size_writes_well_formed_results(tmp_path, h
     results = json.loads((out / "accuracy_honeybee-test.json").read_text())
     assert results["benchmark"] == "accuracy_honeybee" and results["mode"] == "quick"
     assert results["device"] and results["machine"]["torch"]
-    assert list(results["experiments"]) == ["honeybee@2", "honeybee@4"]
+    assert list(results["experiments"]) == ["honeybee@4"]
     for name, r in results["experiments"].items():
         assert r["images_seen"] == int(name.split("@")[1]) and r["wall_s"] > 0
         # honeybee-mini: 7 of its 12 val images share no video or camera with its train images.
