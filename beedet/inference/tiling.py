@@ -191,7 +191,11 @@ class _FramePlan:
     size: tuple[int, int]
     scale: tuple[float, float]
     whole: bool
-    single: bool  # one tile, no whole-frame pass: the frame's detections as the network gives them
+
+    @property
+    def single(self) -> bool:
+        """One tile and no whole-frame pass: the frame's detections are the network's as they are."""
+        return not self.whole and len(self.tiles) == 1
 
 
 def _plan_frame(image: Tensor, slicing: Slicing) -> _FramePlan:
@@ -201,11 +205,11 @@ def _plan_frame(image: Tensor, slicing: Slicing) -> _FramePlan:
     height, width = int(image.shape[-2]), int(image.shape[-1])
     tiles = tile_grid(width, height, slicing.tile_size, slicing.overlap)
     if len(tiles) == 1 and not slicing.full_frame:
-        return _FramePlan([image], tiles, (width, height), scale, whole=False, single=True)
+        return _FramePlan([image], tiles, (width, height), scale, whole=False)
     crops = [image[:, y0:y1, x0:x1] for x0, y0, x1, y1 in tiles.tolist()]
     if slicing.full_frame:
         crops.append(image)
-    return _FramePlan(crops, tiles, (width, height), scale, whole=slicing.full_frame, single=False)
+    return _FramePlan(crops, tiles, (width, height), scale, whole=slicing.full_frame)
 
 
 def _merge_frame(frame: _FramePlan, outputs: list[Detections], slicing: Slicing) -> Detections:
