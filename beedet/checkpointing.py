@@ -98,7 +98,7 @@ TRUSTED_BEEDET_TARGETS = frozenset({
 TRUSTED_FOREIGN_TARGETS = frozenset({
     *(f"albumentations.{name}" for name in (
         "Affine", "AtLeastOneBBoxRandomCrop", "ColorJitter", "GaussNoise", "GaussianBlur", "HorizontalFlip",
-        "LongestMaxSize", "MotionBlur", "OneOf", "PadIfNeeded", "RandomBrightnessContrast", "RandomCrop",
+        "LongestMaxSize", "Mosaic", "MotionBlur", "OneOf", "PadIfNeeded", "RandomBrightnessContrast", "RandomCrop",
         "RandomResizedCrop", "RandomRotate90", "RandomScale", "Resize", "SaltAndPepper", "Sequential",
         "VerticalFlip")),
     "pytorch_lightning.Trainer",

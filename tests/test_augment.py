@@ -18,7 +18,7 @@ import pytest
 from omegaconf import DictConfig
 
 from beedet.assembly import build_augment
-from beedet.data.augment import build_pipeline
+from beedet.data.augment import build_pipeline, mosaic_stages
 from helpers import CONF, compose_config
 
 PRESETS = sorted(path.stem for path in (CONF / "augment").glob("*.yaml"))
@@ -85,6 +85,18 @@ def _random_boxes(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.array(boxes, dtype=np.float32).reshape(-1, 4)
 
 
+def _run(pipeline: A.Compose, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray,
+         others: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> dict:
+    """The pipeline on one sample as the dataset runs it: a preset with a Mosaic step draws its
+    other frames from ``others``."""
+    stages = mosaic_stages(pipeline)
+    if stages is None:
+        return pipeline(image=image, bboxes=boxes, labels=labels)
+    stages.set_random_state(pipeline.random_generator, pipeline.py_random)
+    image, boxes, labels = stages(image, boxes, labels, lambda count: others[:count])
+    return {"image": image, "bboxes": boxes, "labels": labels}
+
+
 def _check_output(out: dict, size: int, in_labels: np.ndarray, where: str) -> None:
     image = out["image"]
     assert image.shape == (size, size, 3) and image.dtype == np.uint8, f"{where}: image {image.shape} {image.dtype}"
@@ -115,8 +127,15 @@ def test_preset_geometry_invariants(name: str) -> None:
         image = frames[(h, w)][rng.integers(3)]
         boxes = _random_boxes(rng, h, w)
         labels = np.arange(len(boxes), dtype=np.int64)
-        out = pipeline(image=image, bboxes=boxes, labels=labels)
-        _check_output(out, size, labels, f"{name} trial {trial} ({w}x{h}, {len(boxes)} boxes)")
+        others = []  # a mosaic's other frames, their labels unique ids too
+        for k in range(1, 4):
+            oh, ow = FRAME_SIZES[rng.integers(len(FRAME_SIZES))]
+            other_boxes = _random_boxes(rng, oh, ow)
+            others.append((frames[(oh, ow)][rng.integers(3)], other_boxes,
+                           1000 * k + np.arange(len(other_boxes), dtype=np.int64)))
+        out = _run(pipeline, image, boxes, labels, others)
+        every_label = np.concatenate([labels] + [other[2] for other in others])
+        _check_output(out, size, every_label, f"{name} trial {trial} ({w}x{h}, {len(boxes)} boxes)")
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -125,7 +144,8 @@ def test_preset_output_follows_model_image_size(name: str) -> None:
     assert size == 192
     image = _frames()[(1080, 1920)][0]
     for _ in range(5):
-        out = pipeline(image=image, bboxes=np.array([[10, 10, 500, 400]], np.float32), labels=np.array([0]))
+        out = _run(pipeline, image, np.array([[10, 10, 500, 400]], np.float32), np.array([0]),
+                   [(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))] * 3)
         _check_output(out, 192, np.array([0]), f"{name} at model.image_size=192")
 
 
@@ -192,15 +212,63 @@ def test_preset_keeps_labels_with_their_boxes(name: str) -> None:
     for trial in range(120):
         h, w = [(1080, 1920), (300, 400), (256, 256)][trial % 3]
         image, boxes, labels = _painted_scene(rng, h, w)
-        out = geometric(image=image, bboxes=boxes, labels=labels)
+        out = _run(geometric, image, boxes, labels, [_painted_scene(rng, h, w) for _ in range(3)])
         out_boxes = np.asarray(out["bboxes"], np.float64).reshape(-1, 4)
         out_labels = np.asarray(out["labels"], np.int64).reshape(-1)
         where = f"{name} trial {trial} ({w}x{h})"
         assert out["image"].shape == (size, size, 3), where
         mismatches = _colour_mismatches(out["image"], out_boxes, out_labels)
         assert not mismatches, f"{where}: {mismatches}"
-        if len(out_labels) >= 2:
+        if len(set(out_labels.tolist())) >= 2:  # a mosaic's cells may repeat a label
             # The check must be able to fail: shifting the labels by one box has to be caught.
             assert _colour_mismatches(out["image"], out_boxes, np.roll(out_labels, 1)), where
             checked_permutation = True
     assert checked_permutation
+
+
+def _flat_cells(size: int, box_side: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Four flat cells of distinct colours, each tiled with box_side-sized boxes labelled by cell."""
+    cells = []
+    starts = np.arange(0, size - box_side + 1, box_side + 2, dtype=np.float32)
+    corners = np.array([(x, y) for y in starts for x in starts], np.float32)
+    boxes = np.concatenate([corners, corners + box_side], axis=1)
+    for k in range(4):
+        cells.append((np.full((size, size, 3), PALETTE[k], np.uint8), boxes, np.full(len(boxes), k, np.int64)))
+    return cells
+
+
+@pytest.mark.parametrize("min_visibility", [0.3, 0.0])
+def test_mosaic_keeps_scale_and_drops_bees_cut_below_min_visibility(min_visibility: float) -> None:
+    size, side = 64, 10
+    pipeline = build_pipeline(
+        [A.Mosaic(grid_yx=(2, 2), target_size=(size, size), cell_shape=(size, size), p=0.5)],
+        min_visibility=min_visibility, min_area=1.0,
+    )
+    stages = mosaic_stages(pipeline)
+    assert stages.p == 0.5 and stages.cells == 4 and pipeline.transforms[0].p == 0.5  # the pipeline's own is untouched
+    stages.set_random_state(np.random.default_rng(0), random.Random(0))
+    cells = _flat_cells(size, side)
+    areas, cell_colours = [], 0
+    for _ in range(40):
+        image, boxes, labels = stages.combine(cells)
+        assert image.shape == (size, size, 3)
+        cell_colours = max(cell_colours, len(np.unique(image.reshape(-1, 3), axis=0)))
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        # Cells of the output size are not resized: no box grows beyond its side in the cell.
+        assert (widths <= side + 1e-3).all() and (heights <= side + 1e-3).all()
+        areas.extend((widths * heights).tolist())
+        # Each box lies on its own cell's colour: labels and boxes travel together across the cut.
+        assert not _colour_mismatches(image, boxes, labels)
+    assert cell_colours == 4  # a mosaic shows every cell
+    assert max(areas) == pytest.approx(side * side)  # uncut bees keep their size
+    if min_visibility > 0:
+        assert min(areas) >= min_visibility * side * side - 1e-3
+    else:  # albumentations' Mosaic alone keeps slivers: the filter above is what drops them
+        assert min(areas) < 0.3 * side * side
+
+
+def test_a_pipeline_takes_one_mosaic_at_most() -> None:
+    mosaic = A.Mosaic(target_size=(32, 32), cell_shape=(32, 32))
+    with pytest.raises(ValueError, match="one at most"):
+        build_pipeline([mosaic, A.HorizontalFlip(), mosaic])
+    assert mosaic_stages(build_pipeline([A.HorizontalFlip()])) is None

@@ -229,3 +229,20 @@ def test_loader_workers_persist_and_run_one_opencv_and_one_torch_thread(tmp_path
     assert dm.train_dataloader().pin_memory is False
     with pytest.raises(InstantiationException, match="data.prefetch_factor must be >= 1"):
         build_datamodule(cfg.data, prefetch_factor=0)
+
+
+def test_mosaic_samples_draw_other_frames_only_when_it_fires(records: list[ImageRecord], monkeypatch) -> None:
+    # The recipe's own preset (conf/augment/scaled.yaml), its Mosaic step always or never firing.
+    decoded: list[int] = []
+    frame = DetectionDataset._frame
+    monkeypatch.setattr(DetectionDataset, "_frame", lambda self, index: decoded.append(index) or frame(self, index))
+    for p, frames_per_sample in ((1.0, 4), (0.0, 1)):
+        cfg = compose_config(["+experiment=honeybee", f"augment.transforms.3.p={p}"])
+        dataset = DetectionDataset(records, build_augment(cfg.augment))
+        decoded.clear()
+        image, target = dataset[(0, 7)]
+        _check_sample(image, target, 0, 320, 320, (120, 200))
+        assert len(decoded) == frames_per_sample and decoded[0] == 0
+        # A sample seed fixes the other frames, the mosaic and every later draw.
+        again_image, again_target = dataset[(0, 7)]
+        assert torch.equal(image, again_image) and torch.equal(target["boxes"], again_target["boxes"])

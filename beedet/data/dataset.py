@@ -9,6 +9,9 @@ Why augmentation happens here, in ``__getitem__``:
   runs in parallel worker processes while the GPU trains on the previous batch. Doing it per
   sample keeps boxes and pixels together: the pipeline moves each box with its pixels and drops
   a box (with its label) when a crop cuts it away.
+* **Mosaic draws whole frames.** A pipeline with a ``Mosaic`` step (``beedet.data.augment``)
+  makes a cell from the sample's frame and, when the mosaic fires, from other frames drawn at
+  random from the same stream; the sample keeps its own ``image_id`` and ``orig_size``.
 * **Reseeded per worker.** albumentations draws from its own generators (not numpy's or
   torch's global ones), which every worker process inherits unchanged from the parent: without
   care, all workers, and with fresh workers every epoch, would repeat the same draws. Each worker
@@ -58,7 +61,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import albumentations as A
 import numpy as np
@@ -66,6 +69,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
+from beedet.data.augment import mosaic_stages
 from beedet.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, load_image_reduced
 from beedet.data.records import DataError, ImageRecord
 
@@ -170,6 +174,8 @@ class DetectionDataset(Dataset):
     ) -> None:
         self.records = list(records)
         self.transform = transform
+        # A pipeline with a Mosaic step runs in stages over several frames (beedet.data.augment).
+        self.mosaic = mosaic_stages(transform) if transform is not None else None
         self.decode_size = reduced_decode_size(transform) if reduced_decode else None
         self.decode_long_side = reduced_decode_long_side(transform) if reduced_decode else None
         self.cache = DecodedFrameCache(cache_bytes) if cache_bytes > 0 else None
@@ -228,6 +234,29 @@ class DetectionDataset(Dataset):
     def _sample(self, index: int, sample_seed: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Sample ``index`` as the module docstring's contract says; ImageError when it cannot decode."""
         record = self.records[index]
+        image, boxes, labels = self._frame(index)
+        if self.transform is not None:
+            self._seed_transform(sample_seed)
+            if self.mosaic is not None:
+                image, boxes, labels = self.mosaic(image, boxes, labels, self._mosaic_frames)
+            else:
+                out = self.transform(image=image, bboxes=boxes, labels=labels)
+                image = out["image"]
+                boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
+                labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
+            boxes, labels = _valid_boxes(boxes, labels, image.shape[1], image.shape[0])
+        target = {
+            "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
+            "image_id": torch.tensor(index, dtype=torch.int64),
+            "orig_size": torch.tensor([record.height, record.width], dtype=torch.int64),
+        }
+        return _to_tensor(image), target
+
+    def _frame(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Record ``index``'s decoded pixels (reduced-size when allowed) with its boxes (xyxy
+        pixels of those pixels) and labels; ImageError when it cannot decode."""
+        record = self.records[index]
         image, (width, height) = self._decoded(record)
         if (width, height) != (record.width, record.height):
             # Boxes are pixels of the labelled size; on other pixels they would point at nothing.
@@ -235,26 +264,25 @@ class DetectionDataset(Dataset):
                 f"{record.source or record.image_path}: image {record.image_path} is {width}x{height} "
                 f"but its labels are for {record.width}x{record.height}"
             )
-        boxes, labels = record.boxes, record.labels
-        if self.transform is not None:
-            self._seed_transform(sample_seed)
-            if image.shape[:2] != (height, width):
-                # A reduced decode: boxes follow the pixels, by the decoded/stored ratio of each axis
-                # (ceil(side / s) / side, exactly what the first resize then undoes).
-                ratio = np.array([image.shape[1] / width, image.shape[0] / height] * 2)
-                boxes = (boxes * ratio).astype(np.float32)
-            out = self.transform(image=image, bboxes=boxes, labels=labels)
-            image = out["image"]
-            boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-            labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
-            boxes, labels = _valid_boxes(boxes, labels, image.shape[1], image.shape[0])
-        target = {
-            "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
-            "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
-            "image_id": torch.tensor(index, dtype=torch.int64),
-            "orig_size": torch.tensor([height, width], dtype=torch.int64),
-        }
-        return _to_tensor(image), target
+        boxes = record.boxes
+        if image.shape[:2] != (height, width):
+            # A reduced decode: boxes follow the pixels, by the decoded/stored ratio of each axis
+            # (ceil(side / s) / side, exactly what the first resize then undoes).
+            ratio = np.array([image.shape[1] / width, image.shape[0] / height] * 2)
+            boxes = (boxes * ratio).astype(np.float32)
+        return image, boxes, record.labels
+
+    def _mosaic_frames(self, count: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """``count`` frames drawn at random for a mosaic (``_frame``'s formats), from the seeded
+        augmentation stream; one that fails to decode is flagged and left out (Mosaic then repeats
+        the sample's own cell)."""
+        for other in self.mosaic.cell.random_generator.integers(0, len(self.records), size=count).tolist():
+            if self.unreadable[other]:
+                continue
+            try:
+                yield self._frame(other)
+            except ImageError as err:
+                self._flag_unreadable(other, err)
 
     def _decoded(self, record: ImageRecord) -> tuple[np.ndarray, tuple[int, int]]:
         """The frame's pixels (reduced-size when ``decode_size`` allows) and its full displayed
@@ -280,7 +308,7 @@ class DetectionDataset(Dataset):
         """Seed this one sample's augmentation with ``sample_seed``; without one, give each worker
         process (and each epoch's new workers) its own augmentation stream."""
         if sample_seed is not None:
-            self.transform.set_random_state(np.random.default_rng(sample_seed), random.Random(sample_seed))
+            self._set_random_state(np.random.default_rng(sample_seed), random.Random(sample_seed))
             self._seeded_from = None  # a later plain index reseeds from the worker's stream
             return
         info = get_worker_info()
@@ -289,8 +317,13 @@ class DetectionDataset(Dataset):
             # One generator shared by all transforms: ``set_random_seed`` would give every
             # transform its own generator with the same seed, so that, for example, the
             # horizontal and the vertical flip would always fire together.
-            self.transform.set_random_state(np.random.default_rng(seed), random.Random(seed))
+            self._set_random_state(np.random.default_rng(seed), random.Random(seed))
             self._seeded_from = seed
+
+    def _set_random_state(self, generator: np.random.Generator, py_random: random.Random) -> None:
+        self.transform.set_random_state(generator, py_random)
+        if self.mosaic is not None:
+            self.mosaic.set_random_state(generator, py_random)
 
 
 def collate_detection(
