@@ -19,7 +19,9 @@ no validation. Three measurements, each a steady-state window after ``--warmup``
   decode the 1920x1080 JPEG frames, the ``ssd`` augmentation, collate) with ``--workers`` worker
   processes, feeding the fit. The subset's records are repeated so one epoch holds every step.
 * (b) synthetic: the same fit fed ``--distinct-batches`` batches made once by that loader and
-  kept on the GPU, cycled: the input pipeline and the host-to-device copy cost nothing.
+  kept on the GPU, cycled: the input pipeline and the host-to-device copy cost nothing. They stay
+  uint8, as the loader made them, so the module's ``training_step`` turns them into float on the
+  GPU in every step, as it does in (a).
 * (c) loader only: the DataLoader of (a) iterated with no training, to show how much it can supply.
 
 Reported: images/s of (a), (b), (c); ``real_vs_synthetic`` = (a)/(b) (bar >= 0.9);
@@ -253,9 +255,10 @@ def count_train_flops(system: Any, datamodule: Any, batch: int, device: Any) -> 
     from torch.utils.data import DataLoader
     from torch.utils.flop_counter import FlopCounterMode
 
-    from beedet.data.dataset import collate_detection
+    from beedet.data.dataset import collate_detection, images_to_float
 
     images, targets = to_device(next(iter(DataLoader(datamodule.train_dataset, batch_size=batch, collate_fn=collate_detection))), device)
+    images = images_to_float(images)  # uint8 training images, as training_step converts them
     net = system.net.to(device).train()
     with FlopCounterMode(display=False) as counter:
         losses = net(images, system._to_network_targets(targets))

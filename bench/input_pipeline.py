@@ -24,8 +24,9 @@ experiment's ``data.batch_size``, the same frames in the same order):
 * ``beedet_ssd300``: ``+experiment=honeybee_wholeframe`` as configured (``augment=ssd`` at
   ``model.image_size=300``, the preset ``honeybee_ssd300_resnet50`` uses too), through the training
   ``DetectionDataset`` as the data module builds it: reduced-size JPEG decode
-  (``data.reduced_decode=true``), resize first, colour last, batches packed for the trip to the
-  main process (``collate_detection``).
+  (``data.reduced_decode=true``), resize first, colour last, uint8 images (the training module
+  makes them float on its device), batches packed for the trip to the main process
+  (``collate_detection``).
 * ``beedet_ssd300_full_decode``: the same with ``data.reduced_decode=false`` (what the fast path saves).
 * ``beedet_ssd300_cached``: the same with ``data.cache_bytes`` large enough for the frames; its
   warm-up epoch fills every worker's cache, so the timed epochs skip decoding (augmentation is
@@ -58,7 +59,8 @@ Where a worker's time goes (cProfile and per-step timers, beedet_ssd300, this 2-
 reduced decode (open, header, DCT-scaled decode, copy out of PIL) 5-6 ms per frame against 10-11
 ms for the full decode; the ``ssd`` augmentation on the decoded frame 3.6 ms, half of it
 albumentations' box bookkeeping (conversion, clipping and filtering after each of the 6 steps);
-the float tensor 0.25 ms; handing the batch to the main process 0.6 ms. The RAM cache removes the
+the float tensor 0.25 ms (now a uint8 tensor: the float comes on the training device); handing the
+batch to the main process 0.6 ms. The RAM cache removes the
 decode. torchvision's preset spends its time on full-frame colour distortion and on zoom-out
 canvases up to 4x the frame before it crops or resizes anything.
 
@@ -223,7 +225,7 @@ def _dataset(case: Case, frames: list[Any], data_root: Path) -> tuple[Any, int, 
     """The case's dataset over ``frames``, its batch size, and the settings that decide its speed.
 
     beedet's is the training ``DetectionDataset`` with the configured augmentation and the data
-    config's ``reduced_decode`` (what ``BeeDataModule.setup`` builds); cached cases get a cache
+    config's ``reduced_decode`` and uint8 images (what ``BeeDataModule.setup`` builds); cached cases get a cache
     that holds every frame at full size."""
     from beedet.assembly import build_augment
     from beedet.data.dataset import DetectionDataset
@@ -234,7 +236,7 @@ def _dataset(case: Case, frames: list[Any], data_root: Path) -> tuple[Any, int, 
         return TorchvisionSsdFrames(frames, size), int(cfg.data.batch_size), {"image_size": size}
     full_bytes = sum(r.width * r.height * 3 for r in {str(r.image_path): r for r in frames}.values())
     dataset = DetectionDataset(frames, build_augment(cfg.augment), reduced_decode=bool(cfg.data.reduced_decode),
-                               cache_bytes=full_bytes if case.cached else int(cfg.data.cache_bytes))
+                               cache_bytes=full_bytes if case.cached else int(cfg.data.cache_bytes), uint8_images=True)
     return dataset, int(cfg.data.batch_size), {
         "image_size": size,
         "augment": [type(t).__name__ for t in dataset.transform.transforms],

@@ -14,7 +14,9 @@ pipeline is not measured), with the same optimizer and per-step lr schedule from
   (checkpoints, lr monitor, TensorBoard previews), TensorBoard logger and progress bar, no
   validation loader (the plain loop has none either).
 * plain: the loop of torchvision's ``references/detection/engine.py`` ``train_one_epoch``: move
-  the batch, forward under autocast when mixed precision is on, sum the losses, ``.item()`` each
+  the batch, turn its uint8 images into float in [0, 1] there (``images_to_float``, what beedet's
+  ``training_step`` does: the training loader's batches are uint8), forward under
+  autocast when mixed precision is on, sum the losses, ``.item()`` each
   (the reference's finiteness check and metric logger), ``zero_grad``, ``backward``, ``step``,
   scheduler step. Its printing every ``print_freq`` steps is left out.
 
@@ -265,6 +267,8 @@ def _clock(device: Any) -> float:
 def plain_loop(system: Any, batches: list, total: int, warmup: int, steps: int, precision: str, device: Any) -> dict[str, Any]:
     """torchvision's detection reference loop (``train_one_epoch``) over ``total`` batches, with the
     optimizer and schedule that ``system.configure_optimizers`` would build."""
+    from beedet.data.dataset import images_to_float
+
     start = time.perf_counter()
     net = system.net.to(device)
     net.train()
@@ -280,7 +284,7 @@ def plain_loop(system: Any, batches: list, total: int, warmup: int, steps: int, 
             window_start = _clock(device)
         elif i == warmup + steps:
             window_end = _clock(device)
-        images = [image.to(device) for image in images]
+        images = images_to_float([image.to(device) for image in images])
         # torchvision's SSD wants 1..C with 0 = background; beedet's batches hold 0-based ids.
         targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device) + 1} for t in targets]
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
