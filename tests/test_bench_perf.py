@@ -87,7 +87,11 @@ def test_gpu_throughput_smoke_size_on_cpu(tmp_path, honeybee_mini):
     # FLOPs of one training forward + backward of the slim SSD300: about 1.7 GFLOP per image.
     assert 1e9 < result["flops_per_image"] < 3e9
     for name in ("real_loader", "synthetic", "loader_only"):
-        assert _positive(result[name]["images_per_s"])
+        assert _positive(result[name]["images_per_s"]) and result[name]["window_steps"] == 1
+        assert 0 < result[name]["window_s"] <= result["seconds"][name]
+    # Every part is timed against the 90 s budget of all three measurements (issue 17).
+    assert result["budget_s"] == 90 and result["within_budget"] == (result["seconds"]["total"] <= 90)
+    assert sum(v for k, v in result["seconds"].items() if k != "total") <= result["seconds"]["total"]
     # No GPU, no peak: no MFU is made up.
     assert result["peak_bf16_tflops"] is None and result["real_loader"]["mfu"] is None
     assert _positive(result["real_vs_synthetic"]) and _positive(result["loader_headroom"])
