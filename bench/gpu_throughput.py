@@ -40,9 +40,9 @@ image of one forward + backward of the network in training mode (loss included),
 multiply-add; batch norm and element-wise work not counted, as in NVIDIA's and others' MFU);
 MFU = images/s x FLOPs per image / the device's peak dense bf16 tensor FLOP/s (``PEAK_BF16_TFLOPS``).
 
-The data must travel with the device call (at most 64 MiB for the whole working tree). Once, here:
+The data must travel with the device call (at most 64 MiB for the whole working tree). Once, here
+(``bench/data_subset`` is in .gitignore):
 
-    echo /bench/data_subset/ >> .git/info/exclude
     python bench/gpu_throughput.py --make-subset bench/data_subset     # 160 train + 8 valid 1080p frames, ~42 MB
 
 or the subset ``bench/gpu_suite.sh`` carries (every train and valid frame, shrunk to 960 px wide at
@@ -428,7 +428,7 @@ def make_subset(source: Path, dest: Path, train_images: int, valid_images: int, 
     inside = dest.resolve().is_relative_to(REPO)
     if inside and subprocess.run(["git", "check-ignore", "-q", str(dest)], check=False, cwd=REPO).returncode != 0:
         print(f"NOTE: {dest} is not ignored by git; never commit it: add it to .git/info/exclude, e.g.\n"
-              f"    echo /{dest.resolve().relative_to(REPO)}/ >> .git/info/exclude")
+              f"    echo /{dest.resolve().relative_to(REPO)}/ >> .git/info/exclude   (bench/data_subset is in .gitignore)")
 
 
 def _shrink(src: Path, dst: Path, entry: dict[str, Any], width: int, quality: int) -> bool:

@@ -110,3 +110,23 @@ def test_sliced_inference_smallest_size(tmp_path, honeybee_mini):
     assert set(rates) == {"per_frame", "batched"} and all(_positive(r) for r in rates.values())
     assert math.isclose(result["batched_vs_per_frame"], rates["batched"] / rates["per_frame"])
     assert "batched / per_frame" in proc.stdout
+
+
+def test_gpu_suite_dry_run_names_every_step(tmp_path, honeybee_mini):
+    """bench/gpu_suite.sh parses (bash -n) and, with --dry-run, prints its steps without running
+    them: the wheel-less start, throughput, the training minute, validation, sliced detection and
+    the report, each under a time limit, every script it names present. (The suite itself runs in
+    its CPU smoke mode in about 2 minutes: too long for the suite's budget; see its header.)"""
+    script = REPO / "bench" / "gpu_suite.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    proc = subprocess.run(["bash", str(script), "--dry-run", "--smoke", "--data", str(honeybee_mini), "--wheels", str(tmp_path),
+                           "--out", str(tmp_path / "out")], check=False, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr
+    steps = [line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith("[dry run] ")]
+    assert [name.removeprefix("[dry run] ") for name, _ in steps] == ["throughput", "train", "validate", "sliced", "report"]
+    for _, command in steps:
+        assert command.startswith("timeout "), command
+        assert all(Path(word).is_file() for word in command.split() if word.endswith((".py", ".sh")) and "/" in word), command
+    assert "no wheels in" in proc.stdout and "trainer.max_time=" in steps[1][1] and "--smoke" in steps[0][1]
+    assert not any((tmp_path / "out").iterdir())  # a dry run writes no results
