@@ -63,7 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     val = commands.add_parser("validate", help="time sliced validation of a checkpoint's val split")
     val.add_argument("--ckpt", type=Path, required=True)
-    val.add_argument("--data-root", type=Path, default=None, help="a honeybee-layout folder (default: the checkpoint's)")
     val.add_argument("--batch-size", type=int, default=64, help="frames per validation batch")
     val.add_argument("--workers", type=int, default=14, help="val DataLoader worker processes")
     val.add_argument("--precision", default=None, help="default: bf16-mixed on CUDA, 32-true on a CPU")
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--device-name", default=None, help="names the result file (default: from the machine)")
     args = parser.parse_args(argv)
     if args.command == "validate":
-        result = time_validation(args.ckpt, args.data_root, args.batch_size, args.workers, args.precision, args.frames)
+        result = time_validation(args.ckpt, args.batch_size, args.workers, args.precision, args.frames)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"sliced validation: {result['frames']} frames in {result['wall_s']:.1f} s: {result['frames_per_s']:.1f} "
               f"frames/s ({result['frames_per_s_after_first_batch'] or float('nan'):.1f} after the first batch), "
@@ -93,22 +92,16 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---- validate ------------------------------------------------------------------------------------
 
-def time_validation(ckpt: Path, data_root: Path | None, batch_size: int, workers: int, precision: str | None,
-                    frames: int | None) -> dict[str, Any]:
-    """``trainer.validate`` of the checkpoint's system on its val split (module docstring), timed."""
+def time_validation(ckpt: Path, batch_size: int, workers: int, precision: str | None, frames: int | None) -> dict[str, Any]:
+    """``trainer.validate`` of the checkpoint's system on the val split of its own data config
+    (module docstring), timed; ``frames``: only the first ones."""
     import torch
-    from omegaconf import OmegaConf, open_dict
 
     from beedet.assembly import build_datamodule, load_system
 
     system, train_cfg = load_system(ckpt)
-    data_cfg = OmegaConf.create(OmegaConf.to_container(train_cfg.data, resolve=True))
-    if data_root is not None:
-        for split in ("train", "val"):
-            with open_dict(data_cfg):
-                data_cfg[split].path = str(data_root / Path(data_cfg[split].path).name)
-                data_cfg[split].local_root = str(data_root)
-    datamodule = build_datamodule(data_cfg, batch_size=batch_size, num_workers=workers, verify_images=False)
+    # As evaluate.py builds it, without decoding every frame up front.
+    datamodule = build_datamodule(train_cfg.data, batch_size=batch_size, num_workers=workers, verify_images=False)
     datamodule.load_labels()
     if frames is not None:
         datamodule.val_records = datamodule.val_records[:frames]
