@@ -62,6 +62,7 @@ def test_inference_smallest_size(tmp_path, tiny_checkpoint, honeybee_mini):
     )
     assert result["benchmark"] == "inference" and result["mode"] == "quick"
     assert result["workload"]["frame_size"] == [1920, 1080]
+    assert result["workload"]["in_process_malloc"]["setting"] == "server"  # like for like with the server (issue 17)
     server = (REPO / "beedet" / "serve.py").is_file()
     paths = ["model", "direct", "server"] if server else ["model", "direct"]
     assert list(result["single_frame"]) == paths
