@@ -23,6 +23,14 @@ shared machine hits all three alike; latency is reported as p50 / p90 / mean. Fo
 frames one request at a time (the server's contract is one image per request), giving images/s.
 Server overhead = server p50 / direct p50 - 1 (bar, issue 5: <= 10 %), also given against ``model``.
 
+Like for like: the server process asks glibc's malloc to keep freed buffers
+(``beedet.serve.keep_freed_memory``: one arena, fixed mmap and trim thresholds), which saved it
+page faults on every request. By default (``--in-process-malloc server``) this process makes the
+same ``mallopt`` calls before loading the model, so ``model`` and ``direct`` allocate as the server
+does and the overhead is HTTP's and the server's own. ``--in-process-malloc bare`` keeps glibc's
+defaults here: the earlier comparison, in which the server looked 19 % faster than in-process
+(issue 17). ``workload.in_process_malloc`` records which ran.
+
 Without ``--ckpt`` the model is ``+experiment=honeybee_wholeframe`` (SSD300 with the slim ResNet)
 with *untrained* weights, saved as a beedet checkpoint for the server: latency does not depend on
 the weights, except through how many detections pass the score threshold (reported as
@@ -73,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch threads here and in the server (OMP_NUM_THREADS; default: torch's, one per core). "
                              "On a shared, oversubscribed CPU use 1: two OpenMP threads there made one frame's "
                              "in-process detect up to 8x slower than one, which swamps what HTTP costs")
+    parser.add_argument("--in-process-malloc", choices=("server", "bare"), default="server",
+                        help="server: this process makes the server's mallopt calls (like for like, the default); "
+                             "bare: glibc's defaults here, the earlier comparison (module docstring)")
     parser.add_argument("--server-start-timeout", type=float, default=180.0, help="seconds to wait for GET /ping")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     parser.add_argument("--device-name", default=None, help="names the result file (default: from the machine)")
@@ -93,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc_applied = False
+    if args.in_process_malloc == "server":
+        from beedet.serve import keep_freed_memory
+
+        malloc_applied = keep_freed_memory()  # before the model's first buffers, as the server does
     machine = describe_machine()
     with tempfile.TemporaryDirectory(prefix="beedet-bench-inference-") as tmp:
         ckpt, model_note = (args.ckpt, f"checkpoint {args.ckpt}") if args.ckpt else (
@@ -125,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
             "repeats": repeats,
             "warmup": args.warmup,
             "torch_threads": torch.get_num_threads(),
+            # Whether the in-process paths ran with the server's malloc settings (module docstring).
+            "in_process_malloc": {"setting": args.in_process_malloc, "applied": malloc_applied},
         },
         "detections": single["detections"],
         # GET /ping: the HTTP round trip alone (no body, no model), a floor for what the server adds.
@@ -342,6 +360,9 @@ def format_table(payload: dict[str, Any]) -> str:
         if "server_overhead_batch_p50" in payload:
             lines.append(f"server overhead, {payload['batch']['frames']} frames one request at a time: "
                          f"{100 * payload['server_overhead_batch_p50']:+.1f} % of the direct path")
+        malloc = payload["workload"]["in_process_malloc"]["setting"]
+        lines.append(f"in-process paths with {'the server' if malloc == 'server' else 'glibc'}'s malloc settings "
+                     f"({'like for like' if malloc == 'server' else 'not like for like: the server keeps freed buffers'})")
         lines.append(f"server overhead at p50: {100 * payload['server_overhead_p50']:+.1f} % of the direct path "
                      f"({100 * payload['server_overhead_p50_vs_model']:+.1f} % of the model alone); bar <= {100 * BAR:.0f} %: "
                      f"{'met' if payload['meets_bar'] else 'NOT met'}")

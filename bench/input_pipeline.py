@@ -1,8 +1,10 @@
 """Input pipeline: images/s of DataLoader workers turning real 1920x1080 bee frames into augmented
 SSD training tensors, beedet vs torchvision's detection-reference ``ssd`` preset on the same frames.
 
-    python bench/input_pipeline.py --quick      # 160 frames per case (24 for torchvision): about 2 minutes on 2 cores
-    python bench/input_pipeline.py              # 429 frames per case (64 for torchvision)
+    python bench/input_pipeline.py --quick      # 160 frames per case (24 for torchvision's reference preset): about 2 minutes on 2 cores
+    python bench/input_pipeline.py              # 429 frames per case (64 for torchvision's reference preset)
+    python bench/input_pipeline.py --quick --only torchvision_ssd,torchvision_beedet_ssd,beedet_ssd300 --workers 1
+                                                # the two peers beside beedet: under a minute
     python bench/input_pipeline.py --images 4 --peer-images 1 --workers 1 --repeats 1 --data-root ../shared/data/honeybee-mini
                                                 # the smallest size (what the test runs)
 
@@ -21,11 +23,20 @@ experiment's ``data.batch_size``, the same frames in the same order):
   ``ConvertBoundingBoxFormat(XYXY)``, ``SanitizeBoundingBoxes``, ``ToPureTensor``. Its colour
   distortion runs on the full frame and its zoom-out pads it to up to 4x its size (7680x4320)
   before anything shrinks it.
+* ``torchvision_beedet_ssd`` (the like-for-like peer): beedet's own ``augment=ssd`` recipe at 300
+  px, each albumentations step mapped to its torchvision ``transforms.v2`` twin
+  (:func:`torchvision_recipe`: resize first, then the same random crop, zoom-out, flips and colour
+  jitter with the same parameters and probabilities), frames opened as ``CocoDetection`` does, on
+  the same frames and as many of them as the beedet cases (the reference preset above runs a
+  different recipe, zoom-out and IoU crop on the full 1080p frame, on fewer frames). Its images
+  come out uint8, as beedet's do. Not mapped: albumentations' ``min_visibility`` (torchvision has
+  no such box filter; its ``SanitizeBoundingBoxes`` keeps the same ``min_area``).
 * ``beedet_ssd300``: ``+experiment=honeybee_wholeframe`` as configured (``augment=ssd`` at
   ``model.image_size=300``, the preset ``honeybee_ssd300_resnet50`` uses too), through the training
   ``DetectionDataset`` as the data module builds it: reduced-size JPEG decode
-  (``data.reduced_decode=true``), resize first, colour last, batches packed for the trip to the
-  main process (``collate_detection``).
+  (``data.reduced_decode=true``), resize first, colour last, uint8 images (the training module
+  makes them float on its device), batches packed for the trip to the main process
+  (``collate_detection``).
 * ``beedet_ssd300_full_decode``: the same with ``data.reduced_decode=false`` (what the fast path saves).
 * ``beedet_ssd300_cached``: the same with ``data.cache_bytes`` large enough for the frames; its
   warm-up epoch fills every worker's cache, so the timed epochs skip decoding (augmentation is
@@ -58,7 +69,8 @@ Where a worker's time goes (cProfile and per-step timers, beedet_ssd300, this 2-
 reduced decode (open, header, DCT-scaled decode, copy out of PIL) 5-6 ms per frame against 10-11
 ms for the full decode; the ``ssd`` augmentation on the decoded frame 3.6 ms, half of it
 albumentations' box bookkeeping (conversion, clipping and filtering after each of the 6 steps);
-the float tensor 0.25 ms; handing the batch to the main process 0.6 ms. The RAM cache removes the
+the float tensor 0.25 ms (now a uint8 tensor: the float comes on the training device); handing the
+batch to the main process 0.6 ms. The RAM cache removes the
 decode. torchvision's preset spends its time on full-frame colour distortion and on zoom-out
 canvases up to 4x the frame before it crops or resizes anything.
 
@@ -93,18 +105,24 @@ TORCHVISION_MEAN = (123.0, 117.0, 104.0)  # references/detection/presets.py: the
 
 @dataclass(frozen=True)
 class Case:
-    """One pipeline: ``overrides`` of train.py's config; ``peer``: torchvision's preset instead of
-    beedet's dataset; ``cached``: give the data module a RAM cache and warm it on the first epoch."""
+    """One pipeline: ``overrides`` of train.py's config; ``peer``: torchvision's reference preset
+    instead of beedet's dataset, or with ``same_recipe`` beedet's configured recipe in torchvision
+    (on as many frames as beedet's cases); ``cached``: give the data module a RAM cache and warm it
+    on the first epoch."""
 
     name: str
     overrides: list[str]
     description: str
     peer: bool = False
+    same_recipe: bool = False
     cached: bool = False
 
 
 CASES = [
     Case("torchvision_ssd", ["+experiment=honeybee_wholeframe"], "torchvision references ssd preset (transforms.v2, PIL) + Resize(300)", peer=True),
+    Case("torchvision_beedet_ssd", ["+experiment=honeybee_wholeframe"],
+         "beedet's augment=ssd recipe at 300 px in torchvision transforms.v2 (PIL), beedet's frames and count: like for like",
+         peer=True, same_recipe=True),
     Case("beedet_ssd300", ["+experiment=honeybee_wholeframe"], "beedet augment=ssd at 300 px, reduced-size decode"),
     Case("beedet_ssd300_full_decode", ["+experiment=honeybee_wholeframe", "data.reduced_decode=false"], "beedet augment=ssd at 300 px, full decode"),
     Case("beedet_ssd300_cached", ["+experiment=honeybee_wholeframe"], "beedet augment=ssd at 300 px, decoded frames cached in RAM", cached=True),
@@ -152,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         "frame_size": list(FRAME_SIZE) if all((r.width, r.height) == FRAME_SIZE for r in frames) else "mixed",
         "boxes_per_frame_mean": round(float(np.mean([len(r.boxes) for r in frames])), 1),
         "images_per_case": num_images,
-        "images_torchvision": num_peer,
+        "images_torchvision": num_peer,  # the reference preset; torchvision_beedet_ssd runs images_per_case
         "workers": args.workers,
     }
     print(f"workload: {workload['frames']} distinct frames from {args.data_root} ({workload['frame_size']}), "
@@ -164,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {}
     for case in cases:
-        count = num_peer if case.peer else num_images
+        count = num_peer if case.peer and not case.same_recipe else num_images
         dataset, batch_size, resolved = _dataset(case, frames[:count], args.data_root)
         results[case.name] = {"description": case.description, "overrides": case.overrides, **resolved, "workers": {}}
         for workers in args.workers:
@@ -223,18 +241,22 @@ def _dataset(case: Case, frames: list[Any], data_root: Path) -> tuple[Any, int, 
     """The case's dataset over ``frames``, its batch size, and the settings that decide its speed.
 
     beedet's is the training ``DetectionDataset`` with the configured augmentation and the data
-    config's ``reduced_decode`` (what ``BeeDataModule.setup`` builds); cached cases get a cache
+    config's ``reduced_decode`` and uint8 images (what ``BeeDataModule.setup`` builds); cached cases get a cache
     that holds every frame at full size."""
     from beedet.assembly import build_augment
     from beedet.data.dataset import DetectionDataset
 
     cfg = _config(case.overrides, data_root)
     size = int(cfg.model.image_size)
+    if case.same_recipe:
+        dataset = TorchvisionRecipeFrames(frames, torchvision_recipe(cfg.augment))
+        return dataset, int(cfg.data.batch_size), {
+            "image_size": size, "augment": [type(t).__name__ for t in dataset.transforms.transforms]}
     if case.peer:
         return TorchvisionSsdFrames(frames, size), int(cfg.data.batch_size), {"image_size": size}
     full_bytes = sum(r.width * r.height * 3 for r in {str(r.image_path): r for r in frames}.values())
     dataset = DetectionDataset(frames, build_augment(cfg.augment), reduced_decode=bool(cfg.data.reduced_decode),
-                               cache_bytes=full_bytes if case.cached else int(cfg.data.cache_bytes))
+                               cache_bytes=full_bytes if case.cached else int(cfg.data.cache_bytes), uint8_images=True)
     return dataset, int(cfg.data.batch_size), {
         "image_size": size,
         "augment": [type(t).__name__ for t in dataset.transform.transforms],
@@ -276,17 +298,76 @@ class TorchvisionSsdFrames:
         return len(self.records)
 
     def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
-        import torch
-        from PIL import Image
-        from torchvision import tv_tensors
+        return self.transforms(*_coco_style_sample(self.records[index]))
 
-        record = self.records[index]
-        image = Image.open(record.image_path).convert("RGB")
-        target = {
-            "boxes": tv_tensors.BoundingBoxes(torch.as_tensor(record.boxes), format="XYXY", canvas_size=(image.height, image.width)),
-            "labels": torch.as_tensor(record.labels, dtype=torch.int64),
-        }
-        return self.transforms(image, target)
+
+def torchvision_recipe(augment_cfg: Any) -> Any:
+    """beedet's albumentations recipe ``augment_cfg`` (a ``conf/augment`` config) as torchvision
+    ``transforms.v2``, step for step with the same parameters and probabilities, on PIL images with
+    ``BoundingBoxes`` (XYXY). Ends with uint8 tensors (``ToImage``), boxes clamped and those under
+    the recipe's ``min_area`` dropped. Steps without a twin here raise ValueError."""
+    from omegaconf import OmegaConf
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2 as T
+
+    config = OmegaConf.to_container(augment_cfg, resolve=True)
+    steps = []
+    for step in config["transforms"]:
+        kind, params = step["_target_"].removeprefix("albumentations."), {k: v for k, v in step.items() if k != "_target_"}
+        p = float(params.pop("p", 1.0))
+        if kind == "Resize":
+            if params.pop("interpolation", 1) != 1:
+                raise ValueError("only a bilinear albumentations.Resize has a twin here")
+            twin = T.Resize((params.pop("height"), params.pop("width")), interpolation=InterpolationMode.BILINEAR)
+        elif kind == "RandomResizedCrop":
+            twin = T.RandomResizedCrop(tuple(params.pop("size")), scale=tuple(params.pop("scale")), ratio=tuple(params.pop("ratio")))
+        elif kind == "Affine":
+            if params.pop("border_mode", 0) != 0 or not params.pop("keep_ratio", False):
+                raise ValueError("only a constant-border, ratio-keeping albumentations.Affine has a twin here")
+            twin = T.RandomAffine(degrees=0, scale=tuple(params.pop("scale")), interpolation=InterpolationMode.BILINEAR,
+                                  fill=tuple(params.pop("fill", (0, 0, 0))))
+        elif kind == "HorizontalFlip":
+            twin, p = T.RandomHorizontalFlip(p), 1.0
+        elif kind == "VerticalFlip":
+            twin, p = T.RandomVerticalFlip(p), 1.0
+        elif kind == "ColorJitter":
+            twin = T.ColorJitter(**{key: tuple(params.pop(key)) for key in ("brightness", "contrast", "saturation", "hue")})
+        else:
+            raise ValueError(f"albumentations.{kind} has no torchvision twin in torchvision_recipe")
+        if params:
+            raise ValueError(f"albumentations.{kind}: parameters {sorted(params)} have no twin in torchvision_recipe")
+        steps.append(twin if p >= 1.0 else T.RandomApply([twin], p=p))
+    return T.Compose([*steps, T.ToImage(), T.ClampBoundingBoxes(),
+                      T.SanitizeBoundingBoxes(min_area=float(config.get("min_area", 1.0))), T.ToPureTensor()])
+
+
+class TorchvisionRecipeFrames:
+    """The like-for-like peer: frames as torchvision's ``CocoDetection`` opens them, through
+    ``transforms`` (:func:`torchvision_recipe`). Sample: (uint8 (3, H, W), {"boxes": float32 (N, 4)
+    xyxy pixels of that image, "labels": int64 (N,)})."""
+
+    def __init__(self, records: Sequence[Any], transforms: Any) -> None:
+        self.records = list(records)
+        self.transforms = transforms
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        return self.transforms(*_coco_style_sample(self.records[index]))
+
+
+def _coco_style_sample(record: Any) -> tuple[Any, dict[str, Any]]:
+    """A record as torchvision's detection references hold it: a PIL RGB image and its XYXY boxes."""
+    import torch
+    from PIL import Image
+    from torchvision import tv_tensors
+
+    image = Image.open(record.image_path).convert("RGB")
+    return image, {
+        "boxes": tv_tensors.BoundingBoxes(torch.as_tensor(record.boxes), format="XYXY", canvas_size=(image.height, image.width)),
+        "labels": torch.as_tensor(record.labels, dtype=torch.int64),
+    }
 
 
 # ---- timing ---------------------------------------------------------------------------------------
@@ -402,18 +483,25 @@ def _installed(package: str) -> bool:
 
 # ---- verdict and table ----------------------------------------------------------------------------
 
+#: The peer cases and the prefix of beedet's ratios to each.
+PEERS = {"torchvision_ssd": "x_torchvision", "torchvision_beedet_ssd": "x_torchvision_same_recipe"}
+
+
 def _verdict(results: dict[str, Any]) -> dict[str, Any]:
     """Ratios beedet / torchvision at one worker, scaling from 1 to 2 workers, and the bar."""
     def rate(case: str, workers: str, key: str) -> float | None:
         return results.get(case, {}).get("workers", {}).get(workers, {}).get(key)
 
     ratios = {}
+    # x_torchvision_*: against the reference preset (another recipe, fewer frames); x_torchvision_same_recipe_*:
+    # against beedet's recipe in torchvision on the same frames, the like-for-like figure.
     for case in results:
-        if case != "torchvision_ssd":
-            for key, name in (("images_per_s", "wall"), ("images_per_cpu_s", "cpu")):
-                ours, peer = rate(case, "1", key), rate("torchvision_ssd", "1", key)
-                if ours and peer:
-                    ratios.setdefault(case, {})[f"x_torchvision_{name}"] = round(ours / peer, 1)
+        if case not in PEERS:
+            for peer_case, prefix in PEERS.items():
+                for key, name in (("images_per_s", "wall"), ("images_per_cpu_s", "cpu")):
+                    ours, peer = rate(case, "1", key), rate(peer_case, "1", key)
+                    if ours and peer:
+                        ratios.setdefault(case, {})[f"{prefix}_{name}"] = round(ours / peer, 1)
     scaling = {case: round(rate(case, "2", "images_per_s") / rate(case, "1", "images_per_s"), 2)
                for case in results if rate(case, "1", "images_per_s") and rate(case, "2", "images_per_s")}
     # Whether a worker keeps its speed beside another (1.0: no contention inside the pipeline),
@@ -441,22 +529,27 @@ def _verdict(results: dict[str, Any]) -> dict[str, Any]:
 def print_table(payload: dict[str, Any]) -> None:
     workers = [str(w) for w in payload["workload"]["workers"]]
     head = "".join(f" {f'{w}w img/s':>10} {f'{w}w /CPU-s':>10}" for w in workers)
-    print(f"\n{'pipeline':<26}{head} {'x torchvision (wall / cpu)':>27} {'2w / 1w (wall / cpu)':>21}")
+    print(f"\n{'pipeline':<26}{head} {'x tv reference (wall / cpu)':>28} {'x tv same recipe':>17} {'2w / 1w (wall / cpu)':>21}")
     for name, result in payload["pipelines"].items():
         cells = ""
         for w in workers:
             r = result["workers"].get(w, {})
             cells += f" {r.get('images_per_s', float('nan')):>10.1f} {r.get('images_per_cpu_s') or float('nan'):>10.1f}"
-        ratio = payload["ratios"].get(name)
-        ratio_text = f"{ratio.get('x_torchvision_wall', float('nan')):.1f} / {ratio.get('x_torchvision_cpu', float('nan')):.1f}" if ratio else ""
+        ratio = payload["ratios"].get(name, {})
+        texts = [f"{ratio[f'{prefix}_wall']:.1f} / {ratio.get(f'{prefix}_cpu', float('nan')):.1f}" if f"{prefix}_wall" in ratio else ""
+                 for prefix in PEERS.values()]
         scaling = payload["scaling_2_vs_1_workers"].get(name)
         cpu_scaling = payload["per_worker_cpu_rate_2_vs_1_workers"].get(name)
         scaling_text = "" if scaling is None else f"{scaling:.2f} / {cpu_scaling or float('nan'):.2f}"
-        print(f"{name:<26}{cells} {ratio_text:>27} {scaling_text:>21}")
+        print(f"{name:<26}{cells} {texts[0]:>28} {texts[1]:>17} {scaling_text:>21}")
     bar = payload["meets_bar"]
     ssd = payload["ratios"].get("beedet_ssd300", {})
-    if ssd:
-        print(f"beedet / torchvision, 1 worker: {ssd.get('x_torchvision_wall')}x (wall), {ssd.get('x_torchvision_cpu')}x (CPU time)")
+    if ssd.get("x_torchvision_wall"):
+        print(f"beedet / torchvision, 1 worker: {ssd.get('x_torchvision_wall')}x (wall), {ssd.get('x_torchvision_cpu')}x (CPU time)"
+              " against the reference preset (another recipe, on fewer frames)")
+    if ssd.get("x_torchvision_same_recipe_wall"):
+        print(f"beedet / torchvision on the same recipe and frames, 1 worker: {ssd.get('x_torchvision_same_recipe_wall')}x "
+              f"(wall), {ssd.get('x_torchvision_same_recipe_cpu')}x (CPU time): like for like")
     print(f"bar: >= {BAR_PER_WORKER:g} img/s per worker at 300 px: decoding every frame {_word(bar['per_worker_wall'])} "
           f"(per CPU-second {_word(bar['per_worker_cpu'])}), from the RAM cache {_word(bar['per_worker_wall_cached'])} "
           f"(per CPU-second {_word(bar['per_worker_cpu_cached'])}); 2 workers >= {BAR_SCALING:g}x 1 worker: {_word(bar['scaling'])}")

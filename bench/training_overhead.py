@@ -14,7 +14,9 @@ pipeline is not measured), with the same optimizer and per-step lr schedule from
   (checkpoints, lr monitor, TensorBoard previews), TensorBoard logger and progress bar, no
   validation loader (the plain loop has none either).
 * plain: the loop of torchvision's ``references/detection/engine.py`` ``train_one_epoch``: move
-  the batch, forward under autocast when mixed precision is on, sum the losses, ``.item()`` each
+  the batch, turn its uint8 images into float in [0, 1] there (``images_to_float``, what beedet's
+  ``training_step`` does: the training loader's batches are uint8), forward under
+  autocast when mixed precision is on, sum the losses, ``.item()`` each
   (the reference's finiteness check and metric logger), ``zero_grad``, ``backward``, ``step``,
   scheduler step. Its printing every ``print_freq`` steps is left out.
 
@@ -265,6 +267,8 @@ def _clock(device: Any) -> float:
 def plain_loop(system: Any, batches: list, total: int, warmup: int, steps: int, precision: str, device: Any) -> dict[str, Any]:
     """torchvision's detection reference loop (``train_one_epoch``) over ``total`` batches, with the
     optimizer and schedule that ``system.configure_optimizers`` would build."""
+    from beedet.data.dataset import images_to_float
+
     start = time.perf_counter()
     net = system.net.to(device)
     net.train()
@@ -280,7 +284,7 @@ def plain_loop(system: Any, batches: list, total: int, warmup: int, steps: int, 
             window_start = _clock(device)
         elif i == warmup + steps:
             window_end = _clock(device)
-        images = [image.to(device) for image in images]
+        images = images_to_float([image.to(device) for image in images])
         # torchvision's SSD wants 1..C with 0 = background; beedet's batches hold 0-based ids.
         targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device) + 1} for t in targets]
         with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
@@ -306,31 +310,59 @@ class StepClock(pl.Callback):
     """Clock readings of a fit: at the start of step ``warmup`` and of step ``warmup + steps``
     (the measured window, synchronised on CUDA), at the first step's start and the last step's end
     (all steps), and each step's loss tensor (kept on the device: an ``.item()`` here would add a
-    sync point that the fit does not have)."""
+    sync point that the fit does not have).
 
-    def __init__(self, warmup: int, steps: int, total: int) -> None:
+    With time caps (``gpu_throughput.py``'s budgets) the window may be cut short: it starts at step
+    ``warmup`` or at the first step (from the second on) that begins ``warmup_s`` seconds or more
+    after the first step began, whichever comes first, and ends at ``steps`` steps or at the first
+    step that begins ``window_s`` seconds or more after it started; the fit then stops after that
+    step (``trainer.should_stop``). ``window_steps`` is the number of whole steps in the window.
+    Without caps the window is exactly steps ``warmup`` .. ``warmup + steps``."""
+
+    def __init__(self, warmup: int, steps: int, total: int, warmup_s: float | None = None,
+                 window_s: float | None = None) -> None:
         self.warmup, self.steps, self.total = warmup, steps, total
+        self.warmup_s, self.window_s = warmup_s, window_s
         self.readings: dict[str, float] = {}
         self.losses: list[torch.Tensor] = []
+        self.start_step: int | None = None
+        self.window_steps: int | None = None
+        self._stopping = False
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
         if batch_idx == 0:
-            self.readings["first"] = time.perf_counter()
-        if batch_idx == self.warmup:
-            self.readings["start"] = _clock(pl_module.device)
-        elif batch_idx == self.warmup + self.steps:
-            self.readings["end"] = _clock(pl_module.device)
+            self.readings["first"] = now
+        if self.start_step is None:
+            warm = batch_idx >= self.warmup or (
+                self.warmup_s is not None and batch_idx >= 1 and now - self.readings["first"] >= self.warmup_s)
+            if warm:
+                self.readings["start"] = _clock(pl_module.device)
+                self.start_step = batch_idx
+        elif self.window_steps is None:
+            done = batch_idx - self.start_step >= self.steps or (
+                self.window_s is not None and now - self.readings["start"] >= self.window_s)
+            if done:
+                self.readings["end"] = _clock(pl_module.device)
+                self.window_steps = batch_idx - self.start_step
+                if batch_idx < self.total - 1:
+                    trainer.should_stop = True  # this step is the fit's last
+                    self._stopping = True
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.losses.append(outputs["loss"].detach())
-        if batch_idx == self.total - 1:
+        if batch_idx == self.total - 1 or self._stopping:
             self.readings["last"] = _clock(pl_module.device)
+            self._stopping = False
 
 
-def lightning_fit(cfg: Any, system: Any, loader: Any, total: int, warmup: int, steps: int, run_dir: Path) -> dict[str, Any]:
+def lightning_fit(cfg: Any, system: Any, loader: Any, total: int, warmup: int, steps: int, run_dir: Path,
+                  warmup_s: float | None = None, window_s: float | None = None) -> dict[str, Any]:
     """``trainer.fit`` of train.py's Trainer (``build_trainer(cfg)``) on ``loader`` for exactly
-    ``total`` steps in one epoch, without validation. Returns the measured window, the time of
-    all steps and of the whole fit (seconds), and the per-step losses."""
+    ``total`` steps in one epoch, without validation; with ``warmup_s`` / ``window_s`` (seconds) the
+    fit may stop sooner (:class:`StepClock`). Returns the measured window (seconds and whole steps),
+    the step it started at, the time of all steps and of the whole fit (seconds), and the per-step
+    losses."""
     from omegaconf import open_dict
 
     from beedet.assembly import build_trainer
@@ -342,15 +374,16 @@ def lightning_fit(cfg: Any, system: Any, loader: Any, total: int, warmup: int, s
         cfg.trainer.max_epochs = 1
     start = time.perf_counter()
     trainer = build_trainer(cfg)
-    clock = StepClock(warmup, steps, total)
+    clock = StepClock(warmup, steps, total, warmup_s=warmup_s, window_s=window_s)
     trainer.callbacks.append(clock)
     trainer.fit(system, train_dataloaders=loader)
     wall = time.perf_counter() - start
-    if trainer.global_step != total or len(clock.readings) != 4:
+    capped = warmup_s is not None or window_s is not None
+    if len(clock.readings) != 4 or (not capped and trainer.global_step != total):
         raise SystemExit(f"Lightning ran {trainer.global_step} of {total} steps (clock {sorted(clock.readings)})")
-    return {"window_s": clock.readings["end"] - clock.readings["start"],
-            "steps_s": clock.readings["last"] - clock.readings["first"], "wall_s": wall,
-            "losses": [float(v) for v in clock.losses]}
+    return {"window_s": clock.readings["end"] - clock.readings["start"], "window_steps": clock.window_steps,
+            "start_step": clock.start_step, "steps_s": clock.readings["last"] - clock.readings["first"],
+            "wall_s": wall, "steps_run": trainer.global_step, "losses": [float(v) for v in clock.losses]}
 
 
 if __name__ == "__main__":

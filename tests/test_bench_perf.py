@@ -62,6 +62,7 @@ def test_inference_smallest_size(tmp_path, tiny_checkpoint, honeybee_mini):
     )
     assert result["benchmark"] == "inference" and result["mode"] == "quick"
     assert result["workload"]["frame_size"] == [1920, 1080]
+    assert result["workload"]["in_process_malloc"]["setting"] == "server"  # like for like with the server (issue 17)
     server = (REPO / "beedet" / "serve.py").is_file()
     paths = ["model", "direct", "server"] if server else ["model", "direct"]
     assert list(result["single_frame"]) == paths
@@ -87,7 +88,11 @@ def test_gpu_throughput_smoke_size_on_cpu(tmp_path, honeybee_mini):
     # FLOPs of one training forward + backward of the slim SSD300: about 1.7 GFLOP per image.
     assert 1e9 < result["flops_per_image"] < 3e9
     for name in ("real_loader", "synthetic", "loader_only"):
-        assert _positive(result[name]["images_per_s"])
+        assert _positive(result[name]["images_per_s"]) and result[name]["window_steps"] == 1
+        assert 0 < result[name]["window_s"] <= result["seconds"][name]
+    # Every part is timed against the 90 s budget of all three measurements (issue 17).
+    assert result["budget_s"] == 90 and result["within_budget"] == (result["seconds"]["total"] <= 90)
+    assert sum(v for k, v in result["seconds"].items() if k != "total") <= result["seconds"]["total"]
     # No GPU, no peak: no MFU is made up.
     assert result["peak_bf16_tflops"] is None and result["real_loader"]["mfu"] is None
     assert _positive(result["real_vs_synthetic"]) and _positive(result["loader_headroom"])
@@ -106,3 +111,23 @@ def test_sliced_inference_smallest_size(tmp_path, honeybee_mini):
     assert set(rates) == {"per_frame", "batched"} and all(_positive(r) for r in rates.values())
     assert math.isclose(result["batched_vs_per_frame"], rates["batched"] / rates["per_frame"])
     assert "batched / per_frame" in proc.stdout
+
+
+def test_gpu_suite_dry_run_names_every_step(tmp_path, honeybee_mini):
+    """bench/gpu_suite.sh parses (bash -n) and, with --dry-run, prints its steps without running
+    them: the wheel-less start, throughput, the training minute, validation, sliced detection and
+    the report, each under a time limit, every script it names present. (The suite itself runs in
+    its CPU smoke mode in about 2 minutes: too long for the suite's budget; see its header.)"""
+    script = REPO / "bench" / "gpu_suite.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True, timeout=30)
+    proc = subprocess.run(["bash", str(script), "--dry-run", "--smoke", "--data", str(honeybee_mini), "--wheels", str(tmp_path),
+                           "--out", str(tmp_path / "out")], check=False, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHON": sys.executable})
+    assert proc.returncode == 0, proc.stderr
+    steps = [line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith("[dry run] ")]
+    assert [name.removeprefix("[dry run] ") for name, _ in steps] == ["throughput", "train", "validate", "sliced", "report"]
+    for _, command in steps:
+        assert command.startswith("timeout "), command
+        assert all(Path(word).is_file() for word in command.split() if word.endswith((".py", ".sh")) and "/" in word), command
+    assert "no wheels in" in proc.stdout and "trainer.max_time=" in steps[1][1] and "--smoke" in steps[0][1]
+    assert not any((tmp_path / "out").iterdir())  # a dry run writes no results

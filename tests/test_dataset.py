@@ -246,3 +246,42 @@ def test_mosaic_samples_draw_other_frames_only_when_it_fires(records: list[Image
         # A sample seed fixes the other frames, the mosaic and every later draw.
         again_image, again_target = dataset[(0, 7)]
         assert torch.equal(image, again_image) and torch.equal(target["boxes"], again_target["boxes"])
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a training step without a Trainer
+def test_training_batches_are_uint8_and_the_module_trains_on_the_float_images(records: list[ImageRecord]) -> None:
+    """The data module's training batches carry uint8 images (a quarter of the bytes to pin and copy,
+    packed by a worker process); images_to_float, which DetectionModule.training_step applies on the
+    device, gives exactly the float32 images the float path gave (x / 255), and the training step
+    on the uint8 batch computes the same loss as on those float images. Validation batches stay
+    float32 and pass images_to_float untouched."""
+    from beedet.assembly import build_network, build_system
+    from beedet.data.datamodule import BeeDataModule
+    from beedet.data.dataset import images_to_float
+
+    cfg = compose_config([])
+    dm = BeeDataModule(train=None, train_transform=_random_crop_pipeline(), batch_size=4, num_workers=1)  # type: ignore[arg-type]
+    dm.class_names, dm.train_records, dm.val_records = ["bee", "b", "c", "d"], records * 2, records  # labels as read
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    pairs = list(loader.sampler)  # the (index, sample seed) pairs of this epoch, in batch order
+    images, targets = next(iter(loader))
+    assert [image.dtype for image in images] == [torch.uint8] * 4 and images[0].shape == (3, 64, 64)
+    float_path = DetectionDataset(dm.train_records, _random_crop_pipeline())  # what every sample was before
+    expected = [float_path[pair] for pair in pairs[:4]]
+    assert [t["image_id"] for t in targets] == [t["image_id"] for _, t in expected]
+    converted = images_to_float(images)
+    for image, (want, _) in zip(converted, expected):
+        assert image.dtype == torch.float32 and torch.equal(image, want)
+    assert torch.equal(converted[1], images[1].float() / 255)
+
+    system = build_system(cfg, build_network(cfg.model, num_classes=4), dm.class_names)
+    loss = system.training_step((images, targets), 0)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.equal(system.training_step(([image for image, _ in expected], targets), 0), loss)
+
+    val_images, _ = next(iter(DataLoader(dm.val_dataset, batch_size=2, collate_fn=collate_detection)))
+    assert all(image.dtype == torch.float32 for image in val_images)
+    assert all(a is b for a, b in zip(images_to_float(val_images), val_images))
+    assert images_to_float([]) == []

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from beedet.assembly import build_augment, build_datamodule
 from beedet.data.augment import build_pipeline
-from beedet.data.dataset import DecodedFrameCache, DetectionDataset, collate_detection, reduced_decode_size
+from beedet.data.dataset import DecodedFrameCache, DetectionDataset, collate_detection, images_to_float, reduced_decode_size
 from beedet.data.images import find_images, load_image, load_image_reduced
 from helpers import compose_config
 
@@ -128,6 +128,7 @@ def test_reduced_decode_keeps_draws_boxes_and_labels(honeybee_ssd300) -> None:
     for index in range(len(fast)):
         fast_image, fast_target = fast[index]  # both seeded alike, drawn in lock-step
         full_image, full_target = full[index]
+        fast_image, = images_to_float([fast_image])  # the training dataset's images are uint8
         assert fast_image.shape == full_image.shape == (3, INPUT, INPUT)
         assert torch.equal(fast_target["labels"], full_target["labels"]), index
         assert torch.equal(fast_target["orig_size"], full_target["orig_size"])

@@ -114,6 +114,10 @@ class BeeDataModule(pl.LightningDataModule):
             are persistent and start with one OpenCV and one torch thread each (:func:`init_worker`).
         pin_memory: page-locked batches, which copy to a GPU asynchronously. None: when the
             trainer runs on CUDA.
+
+    Training batches hold uint8 (3, H, W) images, a quarter of float32's bytes to pin and copy;
+    ``DetectionModule`` turns them into float in [0, 1] on the device
+    (``beedet.data.dataset.images_to_float``). Validation batches hold float32 images in [0, 1].
     """
 
     def __init__(
@@ -272,9 +276,13 @@ class BeeDataModule(pl.LightningDataModule):
     # ---- Lightning hooks ----------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         self.load_labels()
+        # Training images travel as uint8 and become float on the device (beedet.data.dataset;
+        # DetectionModule.training_step); validation images stay float32, as every
+        # consumer of val_dataset (evaluate.py, the callbacks) reads them.
         self.train_dataset = DetectionDataset(self.train_records, self.train_transform,
                                               reduced_decode=self.reduced_decode, cache_bytes=self.cache_bytes,
-                                              max_pixels=self.max_pixels, replace_unreadable=not self.strict)
+                                              max_pixels=self.max_pixels, replace_unreadable=not self.strict,
+                                              uint8_images=True)
         self.val_dataset = DetectionDataset(self.val_records, None, max_pixels=self.max_pixels,
                                             replace_unreadable=not self.strict)
 

@@ -49,11 +49,23 @@ of fit / validate (``BeeDataModule.teardown``). The replacement keeps its own ``
 validation, which keeps one result per ``image_id``, scores the replacement once and the bad image
 not at all. In strict mode (``replace_unreadable=False``) the error is raised instead.
 
-Sample contract (see ``docs/architecture.md``): ``image`` float32 (3, H, W) in [0, 1];
+Sample contract (see ``docs/architecture.md``): ``image`` float32 (3, H, W) in [0, 1], or with
+``uint8_images`` (the data module's training dataset) uint8 (3, H, W), the same pixels times 255;
 ``target = {"boxes": float32 (N, 4) xyxy pixels of the returned image, "labels": int64 (N,)
 0-based class ids (0 is a real class, not background), "image_id": int64 scalar (the index),
 "orig_size": int64 (2,) = (H, W) of the stored image}``. Without a transform (validation) the
 image keeps its stored size; the network resizes internally and maps boxes back.
+
+**Training batches travel as uint8** and become float on the device: a uint8 image is a quarter of
+the bytes a float32 one is, for the worker to write into shared memory, for pinning and for the
+host-to-device copy (a batch of 128 300 px images: 35 MB as float32, 8.6 MB as uint8).
+:func:`images_to_float` turns them into exactly the float32 values of the float path (``x / 255``);
+``beedet.training.system.DetectionModule`` calls it at the start of ``training_step`` (and in
+``detect``), after Lightning has moved the batch to the device, so the network still sees float
+images in [0, 1]. A training loop of your own over the data module's training loader must call it
+too. Validation and prediction images stay float32: evaluate.py, the callbacks and serving read
+them as they are. (Not Lightning's ``on_after_batch_transfer`` hook: a module that overrides it
+makes Lightning warn in every run that has a data module.)
 """
 
 from __future__ import annotations
@@ -160,6 +172,8 @@ class DetectionDataset(Dataset):
             (``beedet.data.images.DEFAULT_MAX_PIXELS``); None: only Pillow's own limit.
         replace_unreadable: replace a sample whose image fails to decode by the next one that
             decodes, flagging it in :attr:`unreadable` (module docstring); False raises instead.
+        uint8_images: return images as uint8 (3, H, W) 0-255 instead of float32 in [0, 1], for
+            :func:`images_to_float` to convert on the device (module docstring).
     """
 
     def __init__(
@@ -171,6 +185,7 @@ class DetectionDataset(Dataset):
         cache_bytes: int = 0,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         replace_unreadable: bool = True,
+        uint8_images: bool = False,
     ) -> None:
         self.records = list(records)
         self.transform = transform
@@ -181,6 +196,7 @@ class DetectionDataset(Dataset):
         self.cache = DecodedFrameCache(cache_bytes) if cache_bytes > 0 else None
         self.max_pixels = max_pixels
         self.replace_unreadable = replace_unreadable
+        self.uint8_images = uint8_images
         # unreadable[i]: record i failed to decode here or in any DataLoader worker. Shared memory,
         # so a flag a worker sets is what the main process reads (fork or spawn alike).
         self.unreadable = torch.zeros(len(self.records), dtype=torch.bool).share_memory_()
@@ -251,7 +267,7 @@ class DetectionDataset(Dataset):
             "image_id": torch.tensor(index, dtype=torch.int64),
             "orig_size": torch.tensor([record.height, record.width], dtype=torch.int64),
         }
-        return _to_tensor(image), target
+        return (_to_uint8_tensor(image) if self.uint8_images else _to_tensor(image)), target
 
     def _frame(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Record ``index``'s decoded pixels (reduced-size when allowed) with its boxes (xyxy
@@ -388,10 +404,33 @@ def _unpack_batch(
     return images, targets
 
 
+def _to_uint8_tensor(image: np.ndarray) -> Tensor:
+    """uint8 (H, W, 3) -> contiguous uint8 (3, H, W), the same values."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
 def _to_tensor(image: np.ndarray) -> Tensor:
     """uint8 (H, W, 3) -> contiguous float32 (3, H, W) in [0, 1]."""
-    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
-    return torch.from_numpy(chw).to(torch.float32).div_(255.0)
+    return _to_uint8_tensor(image).to(torch.float32).div_(255.0)
+
+
+def images_to_float(images: Sequence[Tensor]) -> list[Tensor]:
+    """The network's images from a batch's: each uint8 (3, H, W) 0-255 image becomes float32
+    (3, H, W) in [0, 1], ``x / 255`` on the device it is on (bit for bit what ``_to_tensor`` gives
+    on the CPU); floating-point images pass through untouched. Images of one shape are converted
+    in one stacked operation (two kernels per batch on a GPU, not two per image) and returned as
+    views of it."""
+    images = list(images)
+    wanted = [i for i, image in enumerate(images) if image.dtype == torch.uint8]
+    if not wanted:
+        return images
+    if len({(images[i].shape, images[i].device) for i in wanted}) == 1:
+        converted = torch.stack([images[i] for i in wanted]).to(torch.float32).div_(255.0).unbind(0)
+    else:
+        converted = [images[i].to(torch.float32).div_(255.0) for i in wanted]
+    for i, image in zip(wanted, converted):
+        images[i] = image
+    return images
 
 
 def _valid_boxes(boxes: np.ndarray, labels: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:

@@ -11,8 +11,8 @@
 What the callbacks need from the LightningModule (``beedet.training.system.DetectionModule`` has it; see
 ``Detector``): ``class_names``, ``detect(images)``, ``last_validation`` and ``device``. From the data
 module: ``train_dataloader()`` yielding ``(list[image], list[target])`` and ``val_dataset`` giving
-``(image, target)``; images float (3, H, W) in [0, 1], targets ``{"boxes": (N, 4) xyxy pixels,
-"labels": (N,) 0-based class ids, ...}``.
+``(image, target)``; images (3, H, W), float in [0, 1] or uint8 (the training loader's), targets
+``{"boxes": (N, 4) xyxy pixels, "labels": (N,) 0-based class ids, ...}``.
 
 They write only through a ``TensorBoardLogger`` and only on global rank 0: with another logger,
 or none, they do nothing. Under DDP every rank runs the hooks, but nothing here is a collective

@@ -28,6 +28,7 @@ from torchvision.models.detection.ssd import SSD
 from torchvision.ops import box_iou
 
 from beedet.checkpointing import PAYLOAD_KEY, CheckpointPayload
+from beedet.data.dataset import images_to_float
 from beedet.data.records import ImageRecord
 from beedet.evaluation.coco_metrics import evaluate_records
 from beedet.evaluation.counting import FIXED_COUNT_THRESHOLD, CountMetrics, choose_count_threshold, count_metrics
@@ -138,13 +139,14 @@ class DetectionModule(pl.LightningModule):
 
     @torch.no_grad()
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        """Detections for float (3, H, W) images in [0, 1] of any size: per image ``boxes`` (N, 4)
-        xyxy in that image's pixels, ``scores`` (N,), ``labels`` (N,) 0-based class ids. Slices
-        each image into tiles when ``slicing`` is set. Keeps the network's train/eval mode."""
+        """Detections for float (3, H, W) images in [0, 1] (or uint8 (3, H, W), made float on the
+        device) of any size: per image ``boxes`` (N, 4) xyxy in that image's pixels, ``scores`` (N,),
+        ``labels`` (N,) 0-based class ids. Slices each image into tiles when ``slicing`` is set.
+        Keeps the network's train/eval mode."""
         was_training = self.net.training
         self.net.eval()
         try:
-            images = [img.to(self.device) for img in images]
+            images = images_to_float([img.to(self.device) for img in images])
             if self.slicing is None:
                 return self._detect_whole(images)
             return self._detect_sliced(images)
@@ -169,7 +171,11 @@ class DetectionModule(pl.LightningModule):
 
     # ---- training -----------------------------------------------------------------------------
     def training_step(self, batch: tuple[list[Tensor], list[dict[str, Tensor]]], batch_idx: int) -> Tensor:
+        """One step on a batch already on the device. Training batches hold uint8 (3, H, W) images
+        (``beedet.data.dataset``: a quarter of float32's bytes to pin and copy); they become float32
+        in [0, 1] here, on the device, as the network wants them. Float images pass as they are."""
         images, targets = batch
+        images = images_to_float(images)
         losses = self.net(images, self._to_network_targets(targets))
         loss = losses["classification"] + losses["bbox_regression"]
         n = len(images)
@@ -233,7 +239,7 @@ class DetectionModule(pl.LightningModule):
         was_training = self.net.training
         self.net.eval()
         try:
-            images = [img.to(self.device) for img in images]
+            images = images_to_float([img.to(self.device) for img in images])
             truth = [{key: value.to(self.device) for key, value in t.items()} for t in self._to_network_targets(targets)]
             if self.slicing is None:
                 outputs, sums = self._ssd_pass(images, truth, postprocess=True)
