@@ -23,8 +23,9 @@ def test_accuracy_benchmark_smallest_size_writes_well_formed_results(tmp_path, h
         "--quick", "--images-seen", "4", "--only", "honeybee", "--batch-size", "2", "--num-workers", "0",
         "--data-root", str(honeybee_mini), "--out", str(out), "--work-dir", str(tmp_path / "work"),
         "--device-name", "test",
-        # An untrained network scores every anchor near 1/5: keep its sliced validation quick.
-        "--extra", "model.score_thresh=0.3",
+        # An untrained network scores every anchor near 1/5: keep its sliced validation quick (and
+        # its frames small: 3 tiles and a whole-frame pass each instead of 8 and one).
+        "--extra", "model.score_thresh=0.3", "--extra", "slicing.long_side=480",
     ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
