@@ -53,11 +53,11 @@ JPEG quality 65 with boxes scaled alike: 669 frames, 39 MiB; its frames decode f
 The device image has torch, torchvision and pytorch-lightning but not hydra-core, omegaconf,
 albumentations or the COCO evaluators: carry them as Python 3.12 wheels in ``.whl`` (README of the
 device tool: ``echo /.whl/ >> .git/info/exclude``, then ``pip download --no-deps --only-binary=:all:
---python-version 3.12 --platform manylinux... -d .whl`` for the versions in this venv: hydra-core==1.3.8
-omegaconf==2.3.1 antlr4-python3-runtime==4.9.3 (a source package: build its wheel with ``pip wheel``)
-albumentations==2.0.8 albucore==0.0.24 simsimd==6.5.16 stringzilla==5.3.2 pydantic==2.14.3
-pydantic-core==2.50.4 annotated-types==0.8.0 typing-inspection==0.4.5 faster-coco-eval==1.8.0
-pycocotools==2.0.11). Then the device tool's ``run`` with
+--python-version 3.12 --platform manylinux... -d .whl`` for the versions in your venv (the header of
+``bench/gpu_suite.sh`` has the loop that reads them): hydra-core, omegaconf, antlr4-python3-runtime
+(a source package: build its wheel with ``pip wheel``), albumentations, albucore, simsimd,
+stringzilla, pydantic, pydantic-core, annotated-types, typing-inspection, faster-coco-eval and
+pycocotools). Then the device tool's ``run`` with
 ``carry=["bench/data_subset", ".whl"]`` and the command:
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
