@@ -18,7 +18,7 @@ from torch import nn
 
 from beedet.inference.tiling import Slicing, detect_sliced, merge_detections, tile_grid, tile_starts
 from beedet.training.system import DetectionModule
-from helpers import TINY_SYNTHETIC, overriding, run_script
+from helpers import run_script
 
 WIDTH, HEIGHT = 1920, 1080
 SLICING = Slicing(tile_size=300, overlap=96)
@@ -192,17 +192,17 @@ def test_bad_slicing_settings_are_rejected_with_the_key_name():
 
 
 @pytest.mark.slow
-def test_predict_returns_full_frame_pixels_for_a_1080p_frame(tmp_path):
-    """A tiled model (trained for one tiny epoch) through `python -m beedet.predict` on a
-    1920x1080 frame: detections come back for the whole frame, in its pixels."""
+def test_predict_returns_full_frame_pixels_for_a_1080p_frame(tmp_path, tiny_checkpoint):
+    """The session's tiny model (one epoch on synthetic bees) sliced into tiles at prediction
+    (`slicing=tiles`) through `python -m beedet.predict` on a 1920x1080 frame: detections come
+    back for the whole frame, in its pixels."""
     from PIL import Image
 
-    overrides = overriding(TINY_SYNTHETIC, "augment=tiled", "slicing=tiles")
-    _, run_dir = run_script(["train.py", *overrides], tmp_path)
-    ckpt = run_dir / "checkpoints" / "best.ckpt"
+    ckpt = tiny_checkpoint
     frame = np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     Image.fromarray(frame).save(tmp_path / "frame.jpg")
-    _, out_dir = run_script(["beedet.predict", f"ckpt={ckpt}", f"images={tmp_path / 'frame.jpg'}", "score_threshold=0.0"], tmp_path)
+    _, out_dir = run_script(["beedet.predict", f"ckpt={ckpt}", f"images={tmp_path / 'frame.jpg'}", "slicing=tiles",
+                             "score_threshold=0.0"], tmp_path)
     result = json.loads((out_dir / "detections" / "frame.jpg.json").read_text())
     assert (result["width"], result["height"]) == (WIDTH, HEIGHT)
     boxes = np.array([d["box"] for d in result["detections"]])
