@@ -154,27 +154,25 @@ class MosaicStages:
         Returns:
             ``(image, boxes, labels)`` in the same formats, after :attr:`rest`.
         """
-        # Each box travels under an id (its index in `kept`) so that its area after the cut can
-        # be compared with its area in the cell: Mosaic itself applies no visibility rule.
-        kept_boxes = [np.asarray(boxes, dtype=np.float32).reshape(-1, 4) for _, boxes, _ in cells]
-        kept_labels = [np.asarray(labels, dtype=np.int64).reshape(-1) for _, _, labels in cells]
-        all_boxes = np.concatenate(kept_boxes) if kept_boxes else np.zeros((0, 4), np.float32)
-        all_labels = np.concatenate(kept_labels) if kept_labels else np.zeros((0,), np.int64)
-        ids, start = [], 0
-        for boxes in kept_boxes:
-            ids.append(np.arange(start, start + len(boxes)))
-            start += len(boxes)
-        first_image = cells[0][0]
-        others = [{"image": image, "bboxes": boxes, "labels": id_list.tolist()}
-                  for (image, _, _), boxes, id_list in zip(cells[1:], kept_boxes[1:], ids[1:])]
-        out = self.mosaic(image=first_image, bboxes=kept_boxes[0], labels=ids[0].tolist(), mosaic_metadata=others)
+        cell_boxes = [np.asarray(boxes, dtype=np.float32).reshape(-1, 4) for _, boxes, _ in cells]
+        all_boxes = np.concatenate(cell_boxes)
+        all_labels = np.concatenate([np.asarray(labels, dtype=np.int64).reshape(-1) for _, _, labels in cells])
+        # Each box travels under an id, its row in all_boxes, so that its area after the cut can be
+        # compared with its area in the cell: Mosaic itself applies no visibility rule.
+        ids = np.split(np.arange(len(all_boxes)), np.cumsum([len(boxes) for boxes in cell_boxes])[:-1])
+        others = [{"image": image, "bboxes": boxes, "labels": cell_ids.tolist()}
+                  for (image, _, _), boxes, cell_ids in zip(cells[1:], cell_boxes[1:], ids[1:])]
+        out = self.mosaic(image=cells[0][0], bboxes=cell_boxes[0], labels=ids[0].tolist(), mosaic_metadata=others)
         boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
         box_ids = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
-        area = (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
-        before = all_boxes[box_ids]
-        area_before = (before[:, 2] - before[:, 0]).clip(0) * (before[:, 3] - before[:, 1]).clip(0)
-        keep = (area >= self.min_area) & (area >= self.min_visibility * area_before) & (area > 0)
+        area = _areas(boxes)
+        keep = (area > 0) & (area >= self.min_area) & (area >= self.min_visibility * _areas(all_boxes[box_ids]))
         return _as_arrays(self.rest(image=out["image"], bboxes=boxes[keep], labels=all_labels[box_ids[keep]]))
+
+
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    """Areas of xyxy boxes (N, 4), 0 for an empty one."""
+    return (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
 
 
 def _as_arrays(out: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
