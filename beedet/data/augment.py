@@ -140,7 +140,7 @@ class MosaicStages:
                 made = self.cell(image=other_image, bboxes=other_boxes, labels=other_labels)
                 cells.append((made["image"], made["bboxes"], made["labels"]))
             return self.combine(cells)
-        return _as_arrays(self.rest(image=cells[0][0], bboxes=cells[0][1], labels=cells[0][2]))
+        return as_arrays(self.rest(image=cells[0][0], bboxes=cells[0][1], labels=cells[0][2]))
 
     def combine(
         self, cells: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -167,7 +167,7 @@ class MosaicStages:
         box_ids = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
         area = _areas(boxes)
         keep = (area > 0) & (area >= self.min_area) & (area >= self.min_visibility * _areas(all_boxes[box_ids]))
-        return _as_arrays(self.rest(image=out["image"], bboxes=boxes[keep], labels=all_labels[box_ids[keep]]))
+        return as_arrays(self.rest(image=out["image"], bboxes=boxes[keep], labels=all_labels[box_ids[keep]]))
 
 
 def _areas(boxes: np.ndarray) -> np.ndarray:
@@ -175,7 +175,8 @@ def _areas(boxes: np.ndarray) -> np.ndarray:
     return (boxes[:, 2] - boxes[:, 0]).clip(0) * (boxes[:, 3] - boxes[:, 1]).clip(0)
 
 
-def _as_arrays(out: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def as_arrays(out: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A pipeline's output dict as ``(image, boxes float32 (N, 4), labels int64 (N,))``."""
     return (out["image"], np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4),
             np.asarray(out["labels"], dtype=np.int64).reshape(-1))
 

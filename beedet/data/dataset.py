@@ -81,7 +81,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, get_worker_info
 
-from beedet.data.augment import mosaic_stages
+from beedet.data.augment import as_arrays, mosaic_stages
 from beedet.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image, load_image_reduced
 from beedet.data.records import DataError, ImageRecord
 
@@ -256,10 +256,7 @@ class DetectionDataset(Dataset):
             if self.mosaic is not None:
                 image, boxes, labels = self.mosaic(image, boxes, labels, self._mosaic_frames)
             else:
-                out = self.transform(image=image, bboxes=boxes, labels=labels)
-                image = out["image"]
-                boxes = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4)
-                labels = np.asarray(out["labels"], dtype=np.int64).reshape(-1)
+                image, boxes, labels = as_arrays(self.transform(image=image, bboxes=boxes, labels=labels))
             boxes, labels = _valid_boxes(boxes, labels, image.shape[1], image.shape[0])
         target = {
             "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
