@@ -93,6 +93,7 @@ TRUSTED_BEEDET_TARGETS = frozenset({
     *(f"beedet.training.schedules.{name}" for name in ("warmup_constant", "warmup_cosine", "warmup_multistep")),
     "beedet.training.tensorboard_run.run_name",
     "beedet.training.throughput.SpeedMonitor",
+    "beedet.training.time_limit.ValidateAtTimeLimit",
     "beedet.inference.tiling.Slicing",
 })
 TRUSTED_FOREIGN_TARGETS = frozenset({

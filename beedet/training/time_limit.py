@@ -1,0 +1,56 @@
+"""A run stopped by ``trainer.max_time`` validates its final weights.
+
+Lightning's ``Timer`` stops training at the time limit, after whichever batch crosses it, and the
+stop is validated only when that epoch is one ``check_val_every_n_epoch`` validates anyway. So a
+run that validates every 20 epochs and runs out of time at epoch 37 reports epoch 19's weights,
+though the schedule (fitted to ``max_time``, ``beedet.training.schedules``) decayed the rate over
+the 18 epochs after it, usually its best ones. :class:`ValidateAtTimeLimit` makes the epoch that
+will reach the limit a validation epoch, so the stop validates (and ``ModelCheckpoint`` can keep)
+the last weights. The validation runs after the limit: a run overruns ``max_time`` by one
+validation, as a run limited by ``max_epochs`` ends with one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import Timer
+
+
+class ValidateAtTimeLimit(pl.Callback):
+    """Switches ``trainer.check_val_every_n_epoch`` to 1 when less than ``margin_batches`` batches
+    of training time are left before ``trainer.max_time`` (measured from the batches so far), so the
+    epoch the limit stops is validated. A no-op without ``max_time``, or when every epoch is validated.
+
+    Why a margin: the Timer and this callback read the clock at slightly different instants after
+    the same batch; deciding a batch or two early means the limit never slips between them."""
+
+    def __init__(self, margin_batches: float = 2.0) -> None:
+        if margin_batches < 0:
+            raise ValueError(f"margin_batches must be >= 0, got {margin_batches}")
+        self.margin_batches = float(margin_batches)
+        self.switched = False
+        self._batches = 0
+        self._start: float | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # This session's clock: a resumed run's Timer also counts the sessions before it.
+        self._start = time.monotonic()
+        self._batches = 0
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._batches += 1
+        if self.switched or trainer.check_val_every_n_epoch in (None, 1):
+            return
+        timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+        remaining = timer.time_remaining() if timer is not None else None
+        if remaining is None or self._start is None:
+            return
+        # Validations so far count in: a larger margin, never a smaller one.
+        seconds_per_batch = (time.monotonic() - self._start) / self._batches
+        if remaining <= self.margin_batches * seconds_per_batch:
+            trainer.check_val_every_n_epoch = 1
+            self.switched = True

@@ -1,0 +1,72 @@
+"""A run stopped by trainer.max_time validates its final weights (beedet.training.time_limit)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from beedet.training.time_limit import ValidateAtTimeLimit
+from helpers import compose_config
+
+
+class SlowModel(pl.LightningModule):
+    """20 ms per training batch, 4 batches per epoch; counts the epochs it was validated after."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(1, 1)
+        self.validated_after: list[int] = []
+
+    def training_step(self, batch, batch_idx):
+        time.sleep(0.02)
+        return self.layer(batch[0]).sum()
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", self.layer(batch[0]).sum())
+
+    def on_validation_epoch_end(self):
+        if not self.trainer.sanity_checking:
+            self.validated_after.append(self.trainer.global_step)
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def _fit(tmp_path, callbacks) -> tuple[SlowModel, pl.Trainer]:
+    data = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=1)
+    model = SlowModel()
+    trainer = pl.Trainer(max_time={"seconds": 1.5}, max_epochs=1000, check_val_every_n_epoch=100, callbacks=callbacks,
+                         num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, data, data)
+    return model, trainer
+
+
+def test_the_epoch_that_reaches_max_time_is_validated(tmp_path):
+    # Without it: the time limit ends the run long before epoch 100, its only validation epoch.
+    plain, _ = _fit(tmp_path / "plain", [])
+    assert plain.validated_after == []
+    model, trainer = _fit(tmp_path / "timed", [ValidateAtTimeLimit()])
+    assert trainer.global_step > 20  # it trained for the whole second and a half
+    # Validated once, at (or within a batch or two of) the last step: the final weights.
+    assert len(model.validated_after) in (1, 2) and trainer.global_step - model.validated_after[-1] <= 2
+
+
+def test_it_leaves_runs_without_a_time_limit_alone(tmp_path):
+    data = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=1)
+    model, callback = SlowModel(), ValidateAtTimeLimit()
+    trainer = pl.Trainer(max_epochs=3, check_val_every_n_epoch=2, callbacks=[callback], num_sanity_val_steps=0,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, data, data)
+    assert model.validated_after == [8] and not callback.switched
+
+
+def test_every_run_has_it_and_its_margin_is_checked():
+    assert compose_config([]).callbacks.validate_at_time_limit._target_ == "beedet.training.time_limit.ValidateAtTimeLimit"
+    with pytest.raises(ValueError, match="margin_batches"):
+        ValidateAtTimeLimit(margin_batches=-1)
