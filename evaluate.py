@@ -25,7 +25,7 @@ from beedet.reporting.run_report import count_threshold_source, report_run
 @hydra.main(config_path="conf", config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> float:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    system, train_cfg = load_system(cfg.ckpt, cfg.get("slicing"))
+    system, train_cfg = load_system(cfg.ckpt, cfg.get("slicing"), cfg.get("tta"))
     # No augmentation here: validation images go in as stored, boxes come back in their pixels.
     subset = {"val_subset": cfg.val_subset} if cfg.get("val_subset") else {}
     datamodule = build_datamodule(cfg.get("data") or train_cfg.data, batch_size=cfg.batch_size,

@@ -24,6 +24,7 @@ from beedet.checkpointing import AtomicCheckpointIO, InitCheckpointError, load_c
 from beedet.data.datamodule import BeeDataModule
 from beedet.evaluation.results import DEFAULT_MAX_DETECTIONS
 from beedet.evaluation.size_bins import record_box_areas, resolve_size_bins
+from beedet.inference.test_time_flips import TestTimeFlips
 from beedet.inference.tiling import Slicing
 from beedet.models.backbones import weights_from_directory
 from beedet.models.freezing import freeze_matching
@@ -101,6 +102,7 @@ def build_system(
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         run_config=OmegaConf.to_container(cfg, resolve=True),
         slicing=build_slicing(cfg.get("slicing")),
+        test_time_flips=build_test_time_flips(cfg.get("tta")),
         size_bins=size_bins,
         max_detections=cfg.evaluation.max_detections,
         count_threshold=cfg.evaluation.count_threshold,
@@ -151,6 +153,14 @@ def build_slicing(slicing_cfg: DictConfig | None) -> Slicing | None:
     return instantiate(slicing_cfg)
 
 
+def build_test_time_flips(tta_cfg: DictConfig | None) -> TestTimeFlips | None:
+    """Test-time flip settings (``conf/tta``), or None for none (``tta=none`` is empty; checkpoints
+    from before test-time flips have no ``tta``)."""
+    if not tta_cfg:
+        return None
+    return instantiate(tta_cfg, _convert_="all")
+
+
 def build_trainer(cfg: DictConfig, **overrides: Any) -> pl.Trainer:
     """The Lightning Trainer with the configured callbacks and logger, saving checkpoints atomically."""
     callbacks = [instantiate(c) for c in cfg.callbacks.values()] if cfg.get("callbacks") else []
@@ -178,20 +188,23 @@ def warn_if_bf16_is_emulated(trainer: pl.Trainer) -> None:
         )
 
 
-def load_system(ckpt_path: str | os.PathLike, slicing: DictConfig | None = None) -> tuple[DetectionModule, DictConfig]:
+def load_system(
+    ckpt_path: str | os.PathLike, slicing: DictConfig | None = None, tta: DictConfig | None = None
+) -> tuple[DetectionModule, DictConfig]:
     """Rebuild the trained system from a beedet checkpoint; returns it (in eval mode) and its run config.
 
     ``slicing`` replaces the checkpoint's inference slicing (a ``conf/slicing`` config, resolved
     against the checkpoint's own config, so ``${model.image_size}`` means the trained model's);
-    None keeps the checkpoint's."""
+    ``tta`` its test-time flips (a ``conf/tta`` config; empty: none). None keeps the checkpoint's."""
     # Tensors and plain data only, and a stored config naming only trusted _target_s: a checkpoint
     # from elsewhere cannot run code here (beedet.checkpointing).
     checkpoint, payload = load_checkpoint(ckpt_path)
     stored_config = payload.config
     run_cfg = OmegaConf.create(stored_config)
-    if slicing is not None:
-        run_cfg = OmegaConf.merge(run_cfg, {"slicing": None})
-        run_cfg.slicing = slicing
+    for key, replacement in (("slicing", slicing), ("tta", tta)):
+        if replacement is not None:
+            run_cfg = OmegaConf.merge(run_cfg, {key: None})
+            run_cfg[key] = replacement
     # The weights come from the checkpoint: never download ImageNet weights to overwrite them.
     extra = {"pretrained_backbone": False} if "pretrained_backbone" in run_cfg.model else {}
     net = build_network(run_cfg.model, num_classes=len(payload.class_names), **extra)
@@ -201,6 +214,7 @@ def load_system(ckpt_path: str | os.PathLike, slicing: DictConfig | None = None)
         optimizer=instantiate(run_cfg.optimizer),
         run_config=stored_config,
         slicing=build_slicing(run_cfg.get("slicing")),
+        test_time_flips=build_test_time_flips(run_cfg.get("tta")),
         # Evaluate as the training run validated: its size bins, maxDets and count threshold
         # (None in checkpoints older than counting: then it is chosen on the data evaluated).
         size_bins=payload.size_bins,

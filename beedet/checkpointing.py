@@ -95,6 +95,7 @@ TRUSTED_BEEDET_TARGETS = frozenset({
     "beedet.training.throughput.SpeedMonitor",
     "beedet.training.time_limit.ValidateAtTimeLimit",
     "beedet.inference.tiling.Slicing",
+    "beedet.inference.test_time_flips.TestTimeFlips",
 })
 TRUSTED_FOREIGN_TARGETS = frozenset({
     *(f"albumentations.{name}" for name in (

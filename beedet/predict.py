@@ -71,7 +71,7 @@ def _batches(paths: Sequence[Path], batch_size: int, *,
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     device = torch.device("cuda" if cfg.accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu")
-    system, _ = load_system(cfg.ckpt, cfg.get("slicing"))
+    system, _ = load_system(cfg.ckpt, cfg.get("slicing"), cfg.get("tta"))
     # Counts in the output should be the counts the checkpoint was validated on: by default keep
     # the detections at or above its count threshold (chosen on its validation split).
     threshold = cfg.score_threshold if cfg.score_threshold is not None else score_threshold_for(system.count_threshold)

@@ -75,6 +75,22 @@ def test_validation_loss_is_the_training_loss_without_touching_batch_norm():
     assert sums[3][0] >= 0 and sums[0][2] > 0
 
 
+def test_with_test_time_flips_validation_detects_as_detect_does_and_keeps_the_plain_loss():
+    from beedet.inference.test_time_flips import TestTimeFlips
+
+    images, targets = _batch()
+    plain = _system().eval()
+    flipped = _system(test_time_flips=TestTimeFlips(views=("h", "v"))).eval()
+    detections, sums = flipped._detect_with_loss(images, targets)
+    for found, expected in zip(detections, flipped.detect(images)):
+        for key in ("boxes", "scores", "labels"):
+            assert torch.equal(found[key], expected[key]), key
+    plain_detections, plain_sums = plain._detect_with_loss(images, targets)
+    assert any(len(a["scores"]) != len(b["scores"]) or not torch.equal(a["scores"], b["scores"])
+               for a, b in zip(detections, plain_detections))  # the views did vote
+    assert all(np.array_equal(a, b) for a, b in zip(sums, plain_sums))  # same weights: the same loss
+
+
 def test_sliced_validation_takes_the_loss_over_the_tiles_it_predicts():
     slicing = Slicing(tile_size=64, overlap=16, batch_size=4)
     system = _system(slicing=slicing).eval()

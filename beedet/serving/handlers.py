@@ -153,14 +153,16 @@ class Prediction:
     json_format: str = BEEDET_FORMAT
 
 
-def load_detector(ckpt: str | os.PathLike, *, slicing: DictConfig | None = None, score_threshold: float | None = None,
+def load_detector(ckpt: str | os.PathLike, *, slicing: DictConfig | None = None, tta: DictConfig | None = None,
+                  score_threshold: float | None = None,
                   device: str | torch.device | None = None, json_format: str | None = None) -> Detector:
     """A :class:`Detector` from a beedet checkpoint. ``slicing``: a ``conf/slicing`` config replacing
-    the checkpoint's (None keeps it); ``score_threshold``: None means the checkpoint's count
+    the checkpoint's (None keeps it); ``tta``: a ``conf/tta`` config replacing its test-time
+    flips (None keeps them); ``score_threshold``: None means the checkpoint's count
     threshold (``beedet.inference.detections.score_threshold_for``); ``device``: None picks CUDA when there is
     one; ``json_format``: None means the ``BEEDET_JSON_FORMAT`` variable, else the checkpoint config's
     ``endpoint_json``, else beedet."""
-    system, run_cfg = load_system(ckpt, slicing)
+    system, run_cfg = load_system(ckpt, slicing, tta)
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     threshold = score_threshold if score_threshold is not None else score_threshold_for(system.count_threshold)
     if json_format is None:

@@ -34,6 +34,7 @@ from beedet.evaluation.coco_metrics import evaluate_records
 from beedet.evaluation.counting import FIXED_COUNT_THRESHOLD, CountMetrics, choose_count_threshold, count_metrics
 from beedet.evaluation.detection_quality import detection_quality, f1_curve, match_by_class
 from beedet.evaluation.results import DEFAULT_MAX_DETECTIONS, CocoMetrics, ValidationResult
+from beedet.inference.test_time_flips import TestTimeFlips, detect_with_flips
 from beedet.inference.tiling import Slicing, detect_sliced, detect_sliced_frames, resize_long_side, tile_grid
 
 OptimizerFactory = Callable[..., Optimizer]
@@ -74,6 +75,9 @@ class DetectionModule(pl.LightningModule):
             choose the one that counts best on that validation set
             (``beedet.evaluation.counting.choose_count_threshold``); a number: always apply it.
             The threshold in use is saved in checkpoints.
+        test_time_flips: also predict every network input mirrored and fuse the views by score
+            voting (``beedet.inference.test_time_flips``), in :meth:`detect` and so everywhere
+            ``slicing`` applies; one more forward pass per view. None: the input alone.
 
     After each validation epoch ``last_validation`` holds its :class:`ValidationResult`: the COCO
     metrics, the count errors at the threshold in use and those at the best threshold for that
@@ -111,6 +115,7 @@ class DetectionModule(pl.LightningModule):
         size_bins: Sequence[float] | None = None,
         max_detections: int = DEFAULT_MAX_DETECTIONS,
         count_threshold: float | None = None,
+        test_time_flips: TestTimeFlips | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -119,6 +124,7 @@ class DetectionModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.run_config = run_config
         self.slicing = slicing
+        self.test_time_flips = test_time_flips
         self.size_bins = [float(edge) for edge in size_bins] if size_bins else None
         self.max_detections = int(max_detections)
         self.count_threshold = None if count_threshold is None else float(count_threshold)
@@ -165,7 +171,13 @@ class DetectionModule(pl.LightningModule):
         return detect_sliced_frames(self._detect_whole, images, self.slicing)
 
     def _detect_whole(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
-        """One eval-mode forward pass: each image squashed to the input, boxes mapped back."""
+        """Each image squashed to the input, boxes mapped back: one eval-mode forward pass, or one
+        per view with ``test_time_flips`` (the views fused, ``beedet.inference.test_time_flips``)."""
+        if self.test_time_flips is not None:
+            return detect_with_flips(self._forward_detect, images, self.test_time_flips)
+        return self._forward_detect(images)
+
+    def _forward_detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         outputs = self.net(images)
         return [{"boxes": o["boxes"], "scores": o["scores"], "labels": o["labels"] - 1} for o in outputs]
 
@@ -241,9 +253,11 @@ class DetectionModule(pl.LightningModule):
         try:
             images = images_to_float([img.to(self.device) for img in images])
             truth = [{key: value.to(self.device) for key, value in t.items()} for t in self._to_network_targets(targets)]
-            if self.slicing is None:
+            if self.slicing is None and self.test_time_flips is None:
                 outputs, sums = self._ssd_pass(images, truth, postprocess=True)
                 return [{"boxes": o["boxes"], "scores": o["scores"], "labels": o["labels"] - 1} for o in outputs], sums
+            if self.slicing is None:  # the flipped views' detections, the loss of the input as it is
+                return self._detect_whole(images), self._ssd_pass(images, truth, postprocess=False)[1]
             detections = self._detect_sliced(images)
             return detections, [self._sliced_loss(image, target) for image, target in zip(images, truth)]
         finally:
