@@ -7,7 +7,9 @@ The exported model is the **whole-image** network: one image in, its detections 
 tiles exports the same per-tile network, and its users cut frames into tiles and merge the tiles'
 detections themselves (``beedet.inference.tiling.detect_sliced`` takes any ``detect`` callable; one that maps
 a list of crops to ``[dict(zip(("boxes", "scores", "labels"), model(crop))) for crop in crops]``
-slices with an exported model). The metadata says how the checkpoint sliced.
+slices with an exported model). The metadata says how the checkpoint sliced. Test-time flips
+(``tta=flips``) stay in Python the same way: wrap that ``detect`` callable in
+``beedet.inference.test_time_flips.detect_with_flips``; the exported network predicts one view.
 
 Tensor contract of the exported model (``ExportableDetector``; the same for both formats):
 
