@@ -66,11 +66,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from beedet.compose import compose_train_config
 
-    # train.py's config for the recipe; paths pinned so that nothing refers to a Hydra run.
+    # train.py's config for the recipe; paths pinned so that nothing refers to a Hydra run. Without
+    # its test-time flips: they multiply both cases' forward passes alike, and what is measured here
+    # is how the tiles share them (the results before flips existed stay comparable).
     cfg = compose_train_config([f"paths.data_dir={REPO / 'data'}", f"paths.shared_data={args.data_root.parent}",
-                                "paths.output_dir=.", "paths.run_dir=.", "+experiment=honeybee"])
+                                "paths.output_dir=.", "paths.run_dir=.", "+experiment=honeybee", "tta=none"])
     if args.ckpt is not None:
-        system, _ = load_system(args.ckpt, cfg.slicing)
+        system, _ = load_system(args.ckpt, cfg.slicing, cfg.tta)
     else:
         names = ["bee", "drone", "pollenbee", "queen"]
         system = build_system(cfg, build_network(cfg.model, len(names)), names)

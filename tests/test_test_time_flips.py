@@ -3,8 +3,6 @@ that ranks what every view sees above what one view alone sees."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from torch import nn
@@ -12,7 +10,7 @@ from torch import nn
 from beedet.inference.test_time_flips import TestTimeFlips, detect_with_flips, unflip_boxes, vote_views
 from beedet.inference.tiling import Slicing
 from beedet.training.system import DetectionModule
-from helpers import compose_config, run_script
+from helpers import compose_config
 from test_tiling import oracle_detect, paint, seam_bees, _match
 
 CLASSES = ["bee", "drone", "pollenbee", "queen"]
@@ -131,24 +129,15 @@ def test_the_real_recipe_flips_at_test_time_and_tta_none_turns_it_off():
     assert build_test_time_flips(compose_config([]).get("tta")) is None  # the synthetic default
 
 
-@pytest.mark.slow
-def test_evaluate_and_predict_take_tta_from_the_checkpoint_or_the_command_line(tmp_path, tiny_checkpoint):
-    """The session's tiny model has no test-time flips; `tta=...` replaces the checkpoint's, in
-    load_system and on the command line of `beedet.predict` (evaluate.py and serving pass it alike)."""
+def test_predict_evaluate_and_serve_take_tta_from_the_checkpoint_or_the_command_line(tiny_checkpoint):
+    """The session's tiny model has no test-time flips; `tta=...` on the command line of
+    `beedet.predict` (evaluate.py and serving compose and pass it alike) replaces the checkpoint's."""
     from beedet.assembly import load_system
-    from omegaconf import OmegaConf
 
     system, _ = load_system(tiny_checkpoint)
     assert system.test_time_flips is None
-    flipped, _ = load_system(tiny_checkpoint, tta=OmegaConf.create({"_target_": "beedet.inference.test_time_flips.TestTimeFlips",
-                                                                    "views": ["h", "v"]}))
-    assert flipped.test_time_flips == TestTimeFlips(views=("h", "v"))
-
-    import numpy as np
-    from PIL import Image
-
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 300, 3), dtype=np.uint8)).save(tmp_path / "a.jpg")
-    proc, out_dir = run_script(["beedet.predict", f"ckpt={tiny_checkpoint}", f"images={tmp_path / 'a.jpg'}", "tta=flips",
-                                "tta.views=[h]", "score_threshold=0.0"], tmp_path)
-    assert "whole-frame inference with test-time flips ['h']" in proc.stdout + proc.stderr
-    assert json.loads((out_dir / "detections" / "a.jpg.json").read_text())["detections"]
+    for config_name in ("predict", "evaluate", "serve"):
+        cfg = compose_config([f"ckpt={tiny_checkpoint}", "tta=flips", "tta.views=[h]"], config_name=config_name)
+        flipped, _ = load_system(cfg.ckpt, cfg.get("slicing"), cfg.get("tta"))
+        assert flipped.test_time_flips.views == ("h",), config_name
+        assert load_system(tiny_checkpoint, tta=compose_config(["tta=none"], config_name=config_name).tta)[0].test_time_flips is None

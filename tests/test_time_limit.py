@@ -39,7 +39,7 @@ class SlowModel(pl.LightningModule):
 def _fit(tmp_path, callbacks) -> tuple[SlowModel, pl.Trainer]:
     data = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=1)
     model = SlowModel()
-    trainer = pl.Trainer(max_time={"seconds": 1.5}, max_epochs=1000, check_val_every_n_epoch=100, callbacks=callbacks,
+    trainer = pl.Trainer(max_time={"seconds": 0.8}, max_epochs=1000, check_val_every_n_epoch=100, callbacks=callbacks,
                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, data, data)
@@ -51,7 +51,7 @@ def test_the_epoch_that_reaches_max_time_is_validated(tmp_path):
     plain, _ = _fit(tmp_path / "plain", [])
     assert plain.validated_after == []
     model, trainer = _fit(tmp_path / "timed", [ValidateAtTimeLimit()])
-    assert trainer.global_step > 20  # it trained for the whole second and a half
+    assert trainer.global_step > 10  # it trained until the limit
     # Validated once, at (or within a batch or two of) the last step: the final weights.
     assert len(model.validated_after) in (1, 2) and trainer.global_step - model.validated_after[-1] <= 2
 
