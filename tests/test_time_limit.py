@@ -70,3 +70,25 @@ def test_every_run_has_it_and_its_margin_is_checked():
     assert compose_config([]).callbacks.validate_at_time_limit._target_ == "beedet.training.time_limit.ValidateAtTimeLimit"
     with pytest.raises(ValueError, match="margin_batches"):
         ValidateAtTimeLimit(margin_batches=-1)
+
+
+def test_weights_just_validated_are_not_validated_again():
+    """A scheduled validation that ran past the limit already holds the final weights: the step
+    after it, with no time left, switches nothing; some steps later it would."""
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import Timer
+    from pytorch_lightning.trainer.states import RunningStage
+
+    timer = Timer(duration={"seconds": 100})
+    timer._start_time[RunningStage.TRAINING] = time.monotonic() - 130  # 30 s past the limit
+    trainer = SimpleNamespace(check_val_every_n_epoch=20, callbacks=[timer], global_step=1520, sanity_checking=False)
+    callback = ValidateAtTimeLimit()
+    callback.on_train_start(trainer, None)
+    callback.on_validation_end(trainer, None)  # the scheduled validation, at step 1520
+    trainer.global_step = 1521
+    callback.on_train_batch_end(trainer, None, None, None, 0)
+    assert trainer.check_val_every_n_epoch == 20 and not callback.switched
+    trainer.global_step = 1525
+    callback.on_train_batch_end(trainer, None, None, None, 1)
+    assert trainer.check_val_every_n_epoch == 1 and callback.switched
