@@ -129,6 +129,7 @@ def test_the_real_recipe_flips_at_test_time_and_tta_none_turns_it_off():
     assert build_test_time_flips(compose_config([]).get("tta")) is None  # the synthetic default
 
 
+@pytest.mark.slow
 def test_predict_evaluate_and_serve_take_tta_from_the_checkpoint_or_the_command_line(tiny_checkpoint):
     """The session's tiny model has no test-time flips; `tta=...` on the command line of
     `beedet.predict` (evaluate.py and serving compose and pass it alike) replaces the checkpoint's."""
