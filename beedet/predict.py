@@ -75,10 +75,7 @@ def main(cfg: DictConfig) -> None:
     # Counts in the output should be the counts the checkpoint was validated on: by default keep
     # the detections at or above its count threshold (chosen on its validation split).
     threshold = cfg.score_threshold if cfg.score_threshold is not None else score_threshold_for(system.count_threshold)
-    flips = system.test_time_flips
-    log.info("keeping detections with score >= %.2f; %s inference%s", threshold,
-             "sliced" if system.slicing is not None else "whole-frame",
-             f" with test-time flips {list(flips.views)}" if flips is not None else "")
+    log.info("keeping detections with score >= %.2f; %s", threshold, system.inference_mode)
     system.to(device)
     root = Path(cfg.images)
     paths = images_at(root)

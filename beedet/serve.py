@@ -83,11 +83,8 @@ def main(cfg: DictConfig) -> None:
     device = "cpu" if cfg.accelerator == "cpu" else None
     detector = load_detector(ckpt, slicing=cfg.get("slicing"), tta=cfg.get("tta"), score_threshold=cfg.score_threshold,
                              device=device)
-    flips = detector.system.test_time_flips
-    log.info("serving %s on %s: classes %s, beedet JSON keeps scores >= %.3f, %s inference%s", ckpt, detector.device,
-             detector.class_names, detector.score_threshold,
-             "sliced" if detector.system.slicing is not None else "whole-frame",
-             f" with test-time flips {list(flips.views)}" if flips is not None else "")
+    log.info("serving %s on %s: classes %s, beedet JSON keeps scores >= %.3f, %s", ckpt, detector.device,
+             detector.class_names, detector.score_threshold, detector.system.inference_mode)
     app = create_app(detector, max_body_bytes=cfg.max_body_bytes, max_pixels=cfg.max_pixels,
                      decode_threads=cfg.decode_threads, inference_timeout_s=cfg.inference_timeout_s)
     uvicorn.run(app, host=cfg.host, port=cfg.port)

@@ -30,14 +30,13 @@ SECRET = "secret /opt/ml/model/internal-weights.pt"
 
 class FakeSystem:
     """What predict_fn uses of a DetectionModule: ``device``, ``class_names`` and ``detect``,
-    which calls ``run(images)``; ``slicing`` and ``test_time_flips`` for beedet.serve's start-up log line."""
+    which calls ``run(images)``; ``inference_mode`` for beedet.serve's start-up log line."""
 
     def __init__(self, run: Callable[[list[torch.Tensor]], None]) -> None:
         self.run = run
         self.device = torch.device("cpu")
         self.class_names = ["bee"]
-        self.slicing = None
-        self.test_time_flips = None
+        self.inference_mode = "whole-frame inference"
 
     def detect(self, images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
         self.run(images)

@@ -109,6 +109,8 @@ def test_the_detection_module_flips_every_tile_and_keeps_class_ids_zero_based():
     plain = DetectionModule(OracleNet(), CLASSES, optimizer=torch.optim.SGD, slicing=slicing)
     plain.detect([paint(boxes, labels)])
     assert net.inputs == 4 * plain.net.inputs
+    assert system.inference_mode == "sliced inference with test-time flips ['h', 'v', 'hv']"
+    assert plain.inference_mode == "sliced inference"
 
 
 @pytest.mark.parametrize("settings, key", [

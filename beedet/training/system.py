@@ -143,6 +143,13 @@ class DetectionModule(pl.LightningModule):
     def _to_network_targets(targets: Sequence[dict[str, Tensor]]) -> list[dict[str, Tensor]]:
         return [{"boxes": t["boxes"], "labels": t["labels"] + 1} for t in targets]
 
+    @property
+    def inference_mode(self) -> str:
+        """How :meth:`detect` predicts, for log lines: "sliced inference with test-time flips ['h']"."""
+        flips = self.test_time_flips
+        return (("sliced" if self.slicing is not None else "whole-frame") + " inference"
+                + (f" with test-time flips {list(flips.views)}" if flips is not None else ""))
+
     @torch.no_grad()
     def detect(self, images: list[Tensor]) -> list[dict[str, Tensor]]:
         """Detections for float (3, H, W) images in [0, 1] (or uint8 (3, H, W), made float on the
