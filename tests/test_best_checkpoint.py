@@ -29,9 +29,12 @@ class Scripted(pl.LightningModule):
         self.weight = nn.Parameter(torch.zeros(()))
         self.register_buffer("quality", torch.zeros(()))
         self.last_validation = None
+        self.last_validation_step = None  # as DetectionModule's: the step of the weights last validated
+        self.validations = 0
+        self.script = SCRIPT
 
     def on_train_epoch_start(self) -> None:
-        self.quality.fill_(SCRIPT[self.current_epoch])
+        self.quality.fill_(self.script[self.current_epoch])
 
     def training_step(self, batch, batch_idx):
         return (self.weight - batch.mean()) ** 2
@@ -41,6 +44,8 @@ class Scripted(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         value = float(self.quality)
+        self.validations += 1
+        self.last_validation_step = self.trainer.global_step
         self.last_validation = SimpleNamespace(
             metrics=SimpleNamespace(stats={"mAP": value, "AP50": 2 * value, "AP75": value / 2},
                                     per_class_AP50={"bee": 2 * value, "drone": None}),
@@ -105,3 +110,23 @@ def test_without_a_checkpoint_the_final_weights_are_validated(tmp_path):
     best = validate_best_checkpoint(trainer, module, data)
     assert best == BestCheckpoint("", None, None, None) and best.summary() == {}
     assert module.last_validation.metrics.stats["mAP"] == pytest.approx(SCRIPT[0])
+
+
+@pytest.mark.parametrize("script, revalidated", [([0.1, 0.3, 0.5], False), ([0.1, 0.5, 0.3], True)])
+def test_the_last_validation_is_reused_when_it_made_the_checkpoint_best(tmp_path, script, revalidated):
+    """The recipe's 4-view validation costs minutes on 2 cores: a best checkpoint saved by the fit's
+    last validation is reported from that validation; an older one is validated again."""
+    trainer = pl.Trainer(
+        max_epochs=3, logger=False, accelerator="cpu", devices=1, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path,
+        callbacks=[ModelCheckpoint(dirpath=tmp_path / "checkpoints", filename="best", monitor="val/mAP", mode="max")])
+    module, data = Scripted(), Data()
+    module.script = script
+    trainer.fit(module, datamodule=data)
+    assert module.validations == 3
+
+    best = validate_best_checkpoint(trainer, module, data)
+
+    assert module.validations == 3 + revalidated
+    assert module.last_validation.metrics.stats["mAP"] == 0.5 == trainer.callback_metrics["val/mAP"]
+    assert best.epoch == script.index(0.5)

@@ -83,7 +83,9 @@ class DetectionModule(pl.LightningModule):
     metrics, the count errors at the threshold in use and those at the best threshold for that
     validation set (the same object when ``count_threshold`` is None), precision / recall / F1
     and the confusion matrix at the threshold in use, the F1-confidence curve, the counts and
-    quality at :attr:`fixed_count_threshold` and the validation loss.
+    quality at :attr:`fixed_count_threshold` and the validation loss. ``last_validation_step`` is
+    the optimizer step whose weights it validated; None before any validation and after Lightning's
+    sanity check (a few batches, not the whole set).
 
     What validation logs (one group per intent, so TensorBoard opens on what matters):
 
@@ -129,6 +131,7 @@ class DetectionModule(pl.LightningModule):
         self.max_detections = int(max_detections)
         self.count_threshold = None if count_threshold is None else float(count_threshold)
         self.last_validation: ValidationResult | None = None
+        self.last_validation_step: int | None = None
         # Per image: (image id, truth, prediction, loss sums or None); see validation_step.
         self._val_outputs: list[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray | None]] = []
 
@@ -376,6 +379,7 @@ class DetectionModule(pl.LightningModule):
             metrics, counts, oracle_counts, quality=quality, f1_curve=f1_curve(matches, self.class_names),
             fixed_counts=fixed_counts, fixed_quality=fixed_quality, loss=self._mean_loss(outputs),
         )
+        self.last_validation_step = None if self.trainer.sanity_checking else self.trainer.global_step
         self._log_validation(self.last_validation)
 
     def _log_validation(self, result: ValidationResult) -> None:
