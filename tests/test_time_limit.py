@@ -36,8 +36,8 @@ class SlowModel(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.01)
 
 
-def _fit(tmp_path, callbacks) -> tuple[SlowModel, pl.Trainer]:
-    data = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=1)
+def _fit(tmp_path, callbacks, batches_per_epoch: int = 4) -> tuple[SlowModel, pl.Trainer]:
+    data = DataLoader(TensorDataset(torch.ones(batches_per_epoch, 1)), batch_size=1)
     model = SlowModel()
     trainer = pl.Trainer(max_time={"seconds": 0.8}, max_epochs=1000, check_val_every_n_epoch=100, callbacks=callbacks,
                          num_sanity_val_steps=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -46,14 +46,18 @@ def _fit(tmp_path, callbacks) -> tuple[SlowModel, pl.Trainer]:
     return model, trainer
 
 
-def test_the_epoch_that_reaches_max_time_is_validated(tmp_path):
+@pytest.mark.parametrize("batches_per_epoch", [1, 3, 4])
+def test_the_epoch_that_reaches_max_time_is_validated(tmp_path, batches_per_epoch):
     # Without it: the time limit ends the run long before epoch 100, its only validation epoch.
-    plain, _ = _fit(tmp_path / "plain", [])
-    assert plain.validated_after == []
-    model, trainer = _fit(tmp_path / "timed", [ValidateAtTimeLimit()])
+    if batches_per_epoch == 4:
+        plain, _ = _fit(tmp_path / "plain", [], batches_per_epoch)
+        assert plain.validated_after == []
+    # Epochs of 1 or 3 batches end inside the 2-batch margin: validated there, not again at the stop.
+    model, trainer = _fit(tmp_path / "timed", [ValidateAtTimeLimit()], batches_per_epoch)
     assert trainer.global_step > 10  # it trained until the limit
     # Validated once, at (or within a batch or two of) the last step: the final weights.
-    assert len(model.validated_after) in (1, 2) and trainer.global_step - model.validated_after[-1] <= 2
+    assert len(model.validated_after) == 1 and trainer.global_step - model.validated_after[-1] <= 2
+    assert trainer.check_val_every_n_epoch == 100  # put back after that validation
 
 
 def test_it_leaves_runs_without_a_time_limit_alone(tmp_path):
@@ -82,7 +86,8 @@ def test_weights_just_validated_are_not_validated_again():
 
     timer = Timer(duration={"seconds": 100})
     timer._start_time[RunningStage.TRAINING] = time.monotonic() - 130  # 30 s past the limit
-    trainer = SimpleNamespace(check_val_every_n_epoch=20, callbacks=[timer], global_step=1520, sanity_checking=False)
+    trainer = SimpleNamespace(check_val_every_n_epoch=20, callbacks=[timer], global_step=1520, sanity_checking=False,
+                              strategy=SimpleNamespace(broadcast=lambda decision: decision))
     callback = ValidateAtTimeLimit()
     callback.on_train_start(trainer, None)
     callback.on_validation_end(trainer, None)  # the scheduled validation, at step 1520

@@ -30,13 +30,20 @@ class ValidateAtTimeLimit(pl.Callback):
     Weights validated within the margin are not validated again: a scheduled validation that runs
     past the limit (the Timer only looks between training batches) already holds the final weights,
     give or take a batch. Without this check the recipe's 12-minute run validated twice in a row,
-    2.5 minutes each on 2 CPU cores, one step apart."""
+    2.5 minutes each on 2 CPU cores, one step apart. For the same reason the configured
+    ``check_val_every_n_epoch`` is put back after the first validation once switched: an epoch that
+    ends inside the margin is validated there, and the stop a batch later is not validated again.
+    (It also keeps ``ModelCheckpoint``, which reads that setting, saving after validation.)
+
+    With several processes the decision is rank 0's (broadcast, as the Timer's stop), so that all
+    of them validate the same epoch."""
 
     def __init__(self, margin_batches: float = 2.0) -> None:
         if margin_batches < 0:
             raise ValueError(f"margin_batches must be >= 0, got {margin_batches}")
         self.margin_batches = float(margin_batches)
         self.switched = False
+        self._configured: int | None = None
         self._batches = 0
         self._start: float | None = None
         self._validated_at_step: int | None = None
@@ -47,8 +54,12 @@ class ValidateAtTimeLimit(pl.Callback):
         self._batches = 0
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._validated_at_step = trainer.global_step
+        if trainer.sanity_checking:
+            return
+        self._validated_at_step = trainer.global_step
+        if self.switched:
+            trainer.check_val_every_n_epoch = self._configured
+            self.switched = False
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -63,6 +74,8 @@ class ValidateAtTimeLimit(pl.Callback):
         seconds_per_batch = (time.monotonic() - self._start) / self._batches
         just_validated = (self._validated_at_step is not None
                           and trainer.global_step - self._validated_at_step <= self.margin_batches)
-        if remaining <= self.margin_batches * seconds_per_batch and not just_validated:
+        switch = remaining <= self.margin_batches * seconds_per_batch and not just_validated
+        if trainer.strategy.broadcast(switch):
+            self._configured = trainer.check_val_every_n_epoch
             trainer.check_val_every_n_epoch = 1
             self.switched = True
