@@ -222,6 +222,17 @@ def load_system(
         count_threshold=payload.count_threshold,
     )
     system.load_state_dict(checkpoint["state_dict"])
+    stored_flips = build_test_time_flips(OmegaConf.create(stored_config).get("tta"))
+    if tta is not None and system.test_time_flips != stored_flips and payload.count_threshold is not None:
+        # Flips average each object's score over the views (an error one view makes alone keeps a
+        # fraction of it): a threshold chosen on one kind of score counts wrong on the other.
+        log.warning(
+            "%s: its count threshold %.2f was chosen on validation %s test-time flips %s, and this run predicts %s: "
+            "scores are on another scale, so counts may be off. evaluate.py reports the best threshold for its data "
+            "beside it (count_threshold= applies one); beedet.predict and serving take score_threshold=",
+            ckpt_path, payload.count_threshold, "with" if stored_flips else "without",
+            list(stored_flips.views) if stored_flips else "", system.inference_mode,
+        )
     return system.eval(), run_cfg
 
 

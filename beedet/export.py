@@ -152,6 +152,7 @@ def export_metadata(
     width, height = net.transform.fixed_size
     threshold = system.count_threshold
     slicing = None if system.run_config is None else system.run_config.get("slicing")
+    flips = system.test_time_flips
     hw: list[int | str] = list(image_size) if image_size is not None else ["height", "width"]
     return {
         "format": fmt,
@@ -183,6 +184,9 @@ def export_metadata(
         # The checkpoint's sliced-inference settings (null: whole frames). The exported graph is
         # the whole-image network either way; slicing is done by the caller (beedet.inference.tiling).
         "checkpoint_slicing": slicing or None,
+        # The checkpoint's test-time flips (null: none). The graph is one view; score_threshold was
+        # chosen on the views' vote when this is set (beedet.inference.test_time_flips).
+        "checkpoint_test_time_flips": None if flips is None else {"views": list(flips.views), "iou_thresh": flips.iou_thresh},
         "onnx_opset": opset,
         "exported_with": {"torch": torch.__version__, "torchvision": torchvision.__version__},
     }
@@ -262,6 +266,11 @@ def export_checkpoint(
     if metadata["checkpoint_slicing"]:
         log.warning("%s predicts frames as tiles (slicing); the exported model is the whole-image network: "
                     "slice frames before calling it (beedet.inference.tiling)", ckpt)
+    if metadata["checkpoint_test_time_flips"]:
+        log.warning("%s predicts with test-time flips %s, and its score_threshold %.2f was chosen on their vote; the "
+                    "exported model is one view: wrap it (beedet.inference.test_time_flips.detect_with_flips) or choose "
+                    "a threshold for its own scores", ckpt, metadata["checkpoint_test_time_flips"]["views"],
+                    metadata["score_threshold"])
     start = time.perf_counter()
     if fmt == "torchscript":
         export_torchscript(detector, out, metadata)

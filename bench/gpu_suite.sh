@@ -149,8 +149,9 @@ export PYTHONUNBUFFERED=1 BEEDET_OUTPUT_DIR="$WORK/outputs"
 # 1. Throughput: (a) real loader, (b) synthetic, (c) loader alone.
 run throughput "$PYTHON" "$REPO/bench/gpu_throughput.py" --data-root "$DATA" "${THROUGHPUT_ARGS[@]}" --out "$WORK" --device-name suite
 
-# 2. The training minute. No validation inside it (check_val_every_n_epoch beyond any epoch reached;
-# train.py's final validation of its checkpoint takes one batch): step 3 measures validation.
+# 2. The training minute. One validation of one batch at its time limit (check_val_every_n_epoch
+# beyond any epoch reached; ValidateAtTimeLimit validates the last epoch, and train.py reports that
+# validation without repeating it): step 3 measures validation.
 run train "$PYTHON" "$REPO/train.py" "+experiment=$EXPERIMENT" "data.root=$DATA" data.verify_images=false \
   "data.batch_size=$TRAIN_BATCH" "data.num_workers=$WORKERS" trainer.max_epochs=100000 \
   trainer.check_val_every_n_epoch=100000 trainer.limit_val_batches=1 "${TRAIN_ARGS[@]}"

@@ -99,6 +99,7 @@ def test_cli_writes_model_and_metadata(torchscript_cli_export, eager, tiny_check
     assert list(metadata["outputs"]) == ["boxes", "scores", "labels"]
     assert metadata["network"]["detections_per_img"] == system.net.detections_per_img
     assert metadata["checkpoint"] == str(tiny_checkpoint.resolve())
+    assert metadata["checkpoint_test_time_flips"] is None  # trained without; the recipe's would list its views
     # The same JSON travels inside the model file.
     extra = {"beedet.json": ""}
     torch.jit.load(str(path), _extra_files=extra)

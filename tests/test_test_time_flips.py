@@ -39,7 +39,7 @@ def test_a_mirror_symmetric_detector_gives_back_its_own_detections():
         return oracle_detect(images)
 
     (found,) = detect_with_flips(detect, [frame], ALL_VIEWS)
-    assert calls == [4]  # the image and its three views, in one call
+    assert calls == [1, 1, 1, 1]  # the image, then each of its three views: the caller's batch size each
     (plain,) = oracle_detect([frame])
     order = plain["boxes"][:, 0].argsort()
     fused_order = found["boxes"][:, 0].argsort()
@@ -82,6 +82,19 @@ def test_the_fused_box_is_the_score_weighted_mean_and_classes_never_mix():
     assert found["boxes"][1].tolist() == [0.0, 0.0, 10.0, 10.0]
 
 
+def test_a_detection_between_two_objects_lends_its_score_to_the_better_one_only():
+    # A (0.9) and B (0.8) overlap at IoU 0.43: two objects. C, from the other view, overlaps both at
+    # 0.67: it is A's (the better founder). Counted for both, it would raise B to (0.8 + 0.7) / 2.
+    views = [
+        {"boxes": torch.tensor([[0.0, 0, 10, 10], [4.0, 0, 14, 10]]), "scores": torch.tensor([0.9, 0.8]), "labels": torch.tensor([0, 0])},
+        {"boxes": torch.tensor([[2.0, 0, 12, 10]]), "scores": torch.tensor([0.7]), "labels": torch.tensor([0])},
+    ]
+    found = vote_views(views, iou_thresh=0.55, max_detections=10)
+    assert found["scores"].tolist() == pytest.approx([0.8, 0.4])
+    assert found["boxes"][1].tolist() == [4.0, 0.0, 14.0, 10.0]
+    assert len(vote_views(views, iou_thresh=0.55, max_detections=1)["scores"]) == 1
+
+
 def test_no_detections_in_any_view_gives_none():
     empty = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}
     found = vote_views([empty, empty], iou_thresh=0.5, max_detections=10)
@@ -115,7 +128,7 @@ def test_the_detection_module_flips_every_tile_and_keeps_class_ids_zero_based():
 
 @pytest.mark.parametrize("settings, key", [
     (dict(views=()), "views"), (dict(views=("h", "h")), "views"), (dict(views=("r90",)), "views"),
-    (dict(iou_thresh=0.0), "iou_thresh"), (dict(max_detections=0), "max_detections"),
+    (dict(views="hv"), "views"), (dict(iou_thresh=0.0), "iou_thresh"), (dict(max_detections=0), "max_detections"),
 ])
 def test_bad_settings_are_rejected_with_the_key_name(settings, key):
     with pytest.raises(ValueError, match=f"test_time_flips.{key}"):
@@ -132,15 +145,24 @@ def test_the_real_recipe_flips_at_test_time_and_tta_none_turns_it_off():
 
 
 @pytest.mark.slow
-def test_predict_evaluate_and_serve_take_tta_from_the_checkpoint_or_the_command_line(tiny_checkpoint):
+def test_predict_evaluate_and_serve_take_tta_from_the_checkpoint_or_the_command_line(tiny_checkpoint, caplog):
     """The session's tiny model has no test-time flips; `tta=...` on the command line of
-    `beedet.predict` (evaluate.py and serving compose and pass it alike) replaces the checkpoint's."""
+    `beedet.predict` (evaluate.py and serving compose and pass it alike) replaces the checkpoint's,
+    with a warning that the checkpoint's count threshold was chosen on the other kind of score."""
     from beedet.assembly import load_system
+    from beedet.export import export_metadata
 
     system, _ = load_system(tiny_checkpoint)
-    assert system.test_time_flips is None
+    assert system.test_time_flips is None and system.count_threshold is not None
     for config_name in ("predict", "evaluate", "serve"):
         cfg = compose_config([f"ckpt={tiny_checkpoint}", "tta=flips", "tta.views=[h]"], config_name=config_name)
+        caplog.clear()
         flipped, _ = load_system(cfg.ckpt, cfg.get("slicing"), cfg.get("tta"))
         assert flipped.test_time_flips.views == ("h",), config_name
+        # An export of it says the threshold came from the views' vote (the graph is one view).
+        assert export_metadata(flipped, "torchscript", "detector.pt")["checkpoint_test_time_flips"] == {"views": ["h"], "iou_thresh": 0.55}
+        (warning,) = [r.getMessage() for r in caplog.records if "count threshold" in r.getMessage()]
+        assert str(tiny_checkpoint) in warning and "without test-time flips" in warning and "score_threshold=" in warning
+        caplog.clear()
         assert load_system(tiny_checkpoint, tta=compose_config(["tta=none"], config_name=config_name).tta)[0].test_time_flips is None
+        assert not [r for r in caplog.records if "count threshold" in r.getMessage()]  # the checkpoint's own setting

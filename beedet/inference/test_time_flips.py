@@ -57,6 +57,8 @@ class TestTimeFlips:
     max_detections: int = 400
 
     def __post_init__(self) -> None:
+        if isinstance(self.views, str):  # "hv" is one view, not "h" and "v"
+            raise ValueError(f"test_time_flips.views must be a list of views from {list(VIEWS)}, got {self.views!r}")
         views = tuple(self.views)
         object.__setattr__(self, "views", views)
         if not views or len(set(views)) != len(views) or not set(views) <= set(VIEWS):
@@ -85,17 +87,17 @@ def unflip_boxes(boxes: Tensor, width: int, height: int, view: str) -> Tensor:
 
 
 def detect_with_flips(detect: DetectFn, images: Sequence[Tensor], flips: TestTimeFlips) -> list[Detections]:
-    """``detect`` on ``images`` and on each of their ``flips.views``, in one call (a batch of
-    ``len(images) * (1 + len(views))`` inputs), fused per image by :func:`vote_views`."""
+    """``detect`` on ``images`` and on each of their ``flips.views``, one call per view (so each
+    forward pass holds as many inputs as the caller's batch: ``slicing.batch_size`` stays the
+    batch a GPU must fit), fused per image by :func:`vote_views`."""
     images = list(images)
-    inputs = images + [flip_image(image, view) for view in flips.views for image in images]
-    outputs = detect(inputs)
+    outputs = [detect(images)] + [detect([flip_image(image, view) for image in images]) for view in flips.views]
     fused = []
     for i, image in enumerate(images):
         height, width = int(image.shape[-2]), int(image.shape[-1])
-        per_view = [outputs[i]]
+        per_view = [outputs[0][i]]
         for v, view in enumerate(flips.views, start=1):
-            found = outputs[v * len(images) + i]
+            found = outputs[v][i]
             per_view.append({**found, "boxes": unflip_boxes(found["boxes"], width, height, view)})
         fused.append(vote_views(per_view, flips.iou_thresh, flips.max_detections))
     return fused
@@ -104,12 +106,13 @@ def detect_with_flips(detect: DetectFn, images: Sequence[Tensor], flips: TestTim
 def vote_views(per_view: Sequence[Detections], iou_thresh: float, max_detections: int) -> Detections:
     """One image's detections from several views of it (boxes already in the image's pixels).
 
-    Greedy like NMS: the best-scored detection not yet suppressed founds an object, and every
-    detection of its class with IoU >= ``iou_thresh`` to it belongs to that object (the founders
-    are torchvision's ``batched_nms`` keep list). The object's score is the sum over the views of
-    each view's best member score, divided by the number of views; its box is the score-weighted
-    mean of its members' boxes. Returns ``{"boxes", "scores", "labels"}``, best score first, at
-    most ``max_detections``."""
+    Greedy like NMS: the best-scored detection not yet suppressed founds an object (the founders
+    are torchvision's ``batched_nms`` keep list), and every other detection belongs to the best
+    founder of its class it overlaps with IoU >= ``iou_thresh``: to one object only, so a detection
+    between two founders does not lend its score to both. The object's score is the sum over the
+    views of each view's best member score, divided by the number of views; its box is the
+    score-weighted mean of its members' boxes. Returns ``{"boxes", "scores", "labels"}``, best
+    fused score first: one per founder, at most ``max_detections``."""
     boxes = torch.cat([found["boxes"].float() for found in per_view])
     scores = torch.cat([found["scores"].float() for found in per_view])
     labels = torch.cat([found["labels"] for found in per_view])
@@ -117,8 +120,19 @@ def vote_views(per_view: Sequence[Detections], iou_thresh: float, max_detections
         return {"boxes": boxes.reshape(0, 4), "scores": scores, "labels": labels}
     view_ids = torch.cat([torch.full((len(found["boxes"]),), v, dtype=torch.int64, device=boxes.device)
                           for v, found in enumerate(per_view)])
+    # The best max_detections founders by their own score (a trained network's tiles give about a
+    # hundred detections per view, far under the cap; an untrained one's 400 each would make the
+    # matrices below 1600 x 1600).
     founders = batched_nms(boxes, scores, labels, iou_thresh)[:max_detections]
-    members = (box_iou(boxes[founders], boxes) >= iou_thresh) & (labels[founders][:, None] == labels[None, :])
+    overlaps = (box_iou(boxes[founders], boxes) >= iou_thresh) & (labels[founders][:, None] == labels[None, :])
+    # Founders come best first: each detection joins the first founder it overlaps, and a founder
+    # (which overlaps no better one above the threshold, but may sit exactly on it) its own object.
+    first = overlaps.to(torch.uint8).argmax(dim=0)  # the first True of each column
+    first[founders] = torch.arange(len(founders), device=boxes.device)
+    joined = overlaps.any(dim=0)
+    joined[founders] = True
+    members = torch.zeros_like(overlaps)
+    members[first[joined], joined.nonzero().squeeze(1)] = True
     member_scores = torch.where(members, scores[None, :], torch.zeros((), dtype=scores.dtype, device=scores.device))
     best_per_view = torch.zeros(len(founders), len(per_view), dtype=scores.dtype, device=scores.device).scatter_reduce(
         1, view_ids[None, :].expand(len(founders), -1), member_scores, reduce="amax"

@@ -77,7 +77,7 @@ def validate_best_checkpoint(trainer: pl.Trainer, system: pl.LightningModule,
     best = BestCheckpoint(path, saved.get("epoch"), saved.get("global_step"), training_time_s)
 
     loggers = trainer.loggers
-    if not _validated_at(system, best.global_step):
+    if not _validated_at(trainer, system, best.global_step):
         trainer.loggers = []
         try:
             trainer.validate(system, datamodule=datamodule, ckpt_path=path or None, verbose=False)
@@ -92,10 +92,12 @@ def validate_best_checkpoint(trainer: pl.Trainer, system: pl.LightningModule,
     return best
 
 
-def _validated_at(system: pl.LightningModule, global_step: int | None) -> bool:
+def _validated_at(trainer: pl.Trainer, system: pl.LightningModule, global_step: int | None) -> bool:
     """Whether ``system.last_validation`` is a whole validation of the weights saved at
-    ``global_step`` (weights change only at optimizer steps, EMA's included)."""
-    return (global_step is not None and getattr(system, "last_validation", None) is not None
+    ``global_step``. Weights change only at optimizer steps (EMA's too), batch-norm statistics at
+    every training batch: so only without gradient accumulation does one step mean one set."""
+    return (global_step is not None and trainer.accumulate_grad_batches == 1
+            and getattr(system, "last_validation", None) is not None
             and getattr(system, "last_validation_step", None) == global_step)
 
 
