@@ -86,12 +86,16 @@ def unflip_boxes(boxes: Tensor, width: int, height: int, view: str) -> Tensor:
     return boxes
 
 
-def detect_with_flips(detect: DetectFn, images: Sequence[Tensor], flips: TestTimeFlips) -> list[Detections]:
+def detect_with_flips(detect: DetectFn, images: Sequence[Tensor], flips: TestTimeFlips,
+                      unflipped: Sequence[Detections] | None = None) -> list[Detections]:
     """``detect`` on ``images`` and on each of their ``flips.views``, one call per view (so each
     forward pass holds as many inputs as the caller's batch: ``slicing.batch_size`` stays the
-    batch a GPU must fit), fused per image by :func:`vote_views`."""
+    batch a GPU must fit), fused per image by :func:`vote_views`. ``unflipped``: the detections of
+    ``images`` as they are, when the caller has them already (validation computes them with the
+    loss), so that view is not predicted twice."""
     images = list(images)
-    outputs = [detect(images)] + [detect([flip_image(image, view) for image in images]) for view in flips.views]
+    first = list(unflipped) if unflipped is not None else detect(images)
+    outputs = [first] + [detect([flip_image(image, view) for image in images]) for view in flips.views]
     fused = []
     for i, image in enumerate(images):
         height, width = int(image.shape[-2]), int(image.shape[-1])

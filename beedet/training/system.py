@@ -243,8 +243,9 @@ class DetectionModule(pl.LightningModule):
     # runs its parts as SSD.forward does (transform, backbone, head, anchors) once, and both the
     # loss (SSD's anchor matching and compute_loss) and the detections (its post-processing) are
     # read from that one pass: no second forward, no batch-norm state touched, the detections
-    # identical to detect()'s. With slicing, detections come from detect_sliced and the loss from
-    # one more pass over the same tiles (see _tile_loss_inputs).
+    # identical to detect()'s (with test-time flips, that pass is the unflipped view's). With
+    # slicing, detections come from detect_sliced and the loss from one more pass over the same
+    # tiles (see _tile_loss_inputs).
 
     @torch.no_grad()
     def _detect_with_loss(
@@ -263,11 +264,12 @@ class DetectionModule(pl.LightningModule):
         try:
             images = images_to_float([img.to(self.device) for img in images])
             truth = [{key: value.to(self.device) for key, value in t.items()} for t in self._to_network_targets(targets)]
-            if self.slicing is None and self.test_time_flips is None:
+            if self.slicing is None:
                 outputs, sums = self._ssd_pass(images, truth, postprocess=True)
-                return [{"boxes": o["boxes"], "scores": o["scores"], "labels": o["labels"] - 1} for o in outputs], sums
-            if self.slicing is None:  # the flipped views' detections, the loss of the input as it is
-                return self._detect_whole(images), self._ssd_pass(images, truth, postprocess=False)[1]
+                detections = [{"boxes": o["boxes"], "scores": o["scores"], "labels": o["labels"] - 1} for o in outputs]
+                if self.test_time_flips is not None:  # the input's own view is this pass's: the others vote with it
+                    detections = detect_with_flips(self._forward_detect, images, self.test_time_flips, unflipped=detections)
+                return detections, sums
             detections = self._detect_sliced(images)
             return detections, [self._sliced_loss(image, target) for image, target in zip(images, truth)]
         finally:
@@ -379,7 +381,8 @@ class DetectionModule(pl.LightningModule):
             metrics, counts, oracle_counts, quality=quality, f1_curve=f1_curve(matches, self.class_names),
             fixed_counts=fixed_counts, fixed_quality=fixed_quality, loss=self._mean_loss(outputs),
         )
-        self.last_validation_step = None if self.trainer.sanity_checking else self.trainer.global_step
+        trainer = self._trainer  # None when called without one (tests, scripts)
+        self.last_validation_step = None if trainer is None or trainer.sanity_checking else trainer.global_step
         self._log_validation(self.last_validation)
 
     def _log_validation(self, result: ValidationResult) -> None:
