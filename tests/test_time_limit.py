@@ -60,6 +60,23 @@ def test_the_epoch_that_reaches_max_time_is_validated(tmp_path, batches_per_epoc
     assert trainer.check_val_every_n_epoch == 100  # put back after that validation
 
 
+def test_the_best_checkpoint_holds_the_validated_final_weights(tmp_path):
+    """ModelCheckpoint reads check_val_every_n_epoch to decide when it saves: with the setting put
+    back before it runs, it saves right after the forced validation, at that validation's step."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    data = DataLoader(TensorDataset(torch.ones(3, 1)), batch_size=1)
+    model = SlowModel()
+    best = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", mode="min")
+    trainer = pl.Trainer(max_time={"seconds": 0.8}, max_epochs=1000, check_val_every_n_epoch=100,
+                         callbacks=[ValidateAtTimeLimit(), best], num_sanity_val_steps=0, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, data, data)
+    (validated,) = model.validated_after
+    saved = torch.load(best.best_model_path, map_location="cpu", weights_only=True)
+    assert saved["global_step"] == validated
+
+
 def test_it_leaves_runs_without_a_time_limit_alone(tmp_path):
     data = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=1)
     model, callback = SlowModel(), ValidateAtTimeLimit()
