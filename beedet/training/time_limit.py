@@ -30,7 +30,7 @@ class ValidateAtTimeLimit(pl.Callback):
     Weights validated within the margin are not validated again: a scheduled validation that runs
     past the limit (the Timer only looks between training batches) already holds the final weights,
     give or take a batch. Without this check the recipe's 12-minute run validated twice in a row,
-    2.5 minutes each on 2 CPU cores, one step apart. For the same reason the configured
+    up to 2.5 minutes each on 2 CPU cores, one step apart. For the same reason the configured
     ``check_val_every_n_epoch`` is put back after the first validation once switched: an epoch that
     ends inside the margin is validated there, and the stop a batch later is not validated again.
     (It also keeps ``ModelCheckpoint``, which reads that setting, saving after validation.)
