@@ -201,6 +201,7 @@ def load_system(
     checkpoint, payload = load_checkpoint(ckpt_path)
     stored_config = payload.config
     run_cfg = OmegaConf.create(stored_config)
+    stored_flips = build_test_time_flips(run_cfg.get("tta"))
     for key, replacement in (("slicing", slicing), ("tta", tta)):
         if replacement is not None:
             run_cfg = OmegaConf.merge(run_cfg, {key: None})
@@ -222,7 +223,6 @@ def load_system(
         count_threshold=payload.count_threshold,
     )
     system.load_state_dict(checkpoint["state_dict"])
-    stored_flips = build_test_time_flips(OmegaConf.create(stored_config).get("tta"))
     if tta is not None and system.test_time_flips != stored_flips and payload.count_threshold is not None:
         # Flips average each object's score over the views (an error one view makes alone keeps a
         # fraction of it): a threshold chosen on one kind of score counts wrong on the other.
