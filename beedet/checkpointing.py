@@ -93,7 +93,7 @@ TRUSTED_BEEDET_TARGETS = frozenset({
     *(f"beedet.training.schedules.{name}" for name in ("warmup_constant", "warmup_cosine", "warmup_multistep")),
     "beedet.training.tensorboard_run.run_name",
     "beedet.training.throughput.SpeedMonitor",
-    "beedet.training.time_limit.ValidateAtTimeLimit",
+    "beedet.training.final_validation.ValidateFinalWeights",
     "beedet.inference.tiling.Slicing",
     "beedet.inference.test_time_flips.TestTimeFlips",
 })
@@ -133,6 +133,7 @@ RENAMED_TARGETS: Mapping[str, str] = MappingProxyType({
     "beedet.tensorboard_run.run_name": "beedet.training.tensorboard_run.run_name",
     "beedet.throughput.SpeedMonitor": "beedet.training.throughput.SpeedMonitor",
     "beedet.tiling.Slicing": "beedet.inference.tiling.Slicing",
+    "beedet.training.time_limit.ValidateAtTimeLimit": "beedet.training.final_validation.ValidateFinalWeights",
 })
 
 

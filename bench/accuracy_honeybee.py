@@ -151,8 +151,9 @@ def run_experiment(name: str, overrides: list[str], data_root: Path, steps: int,
         # The budget is steps, not epochs: whole frames and tiles are both "images seen".
         "trainer.max_epochs=100000",
         f"trainer.max_steps={steps}",
-        # Validate only after the last step (train.py always does): the numbers are the final
-        # weights', not those of an epoch picked on the same val split.
+        # Validate only after the last step (every run validates the step that ends it,
+        # beedet.training.final_validation): the numbers are the final weights', not those of an
+        # epoch picked on the same val split.
         "trainer.check_val_every_n_epoch=100000",
         "trainer.enable_progress_bar=false",
     ]
@@ -175,8 +176,9 @@ def evaluate_unseen(run_dir: Path, num_workers: int, env: dict[str, str], count_
     (``evaluate.py val_subset=unseen``), counting at the threshold the run chose on its whole val
     split (not one tuned on these images); None when the data
     has no ``group_by`` pattern to tell them apart."""
-    # Validating only at the end (as run_experiment does) leaves no best.ckpt: last.ckpt then holds
-    # the final weights (the average, with callbacks=ema), which train.py validated.
+    # The run's one validation is at its last step (as run_experiment asks), so best.ckpt holds the
+    # final weights (the average, with callbacks=ema); runs from before that validated in train.py
+    # after fit and left last.ckpt only, which holds the same.
     ckpt = next(p for p in (run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt") if p.is_file())
     cmd = [sys.executable, str(REPO / "evaluate.py"), f"ckpt={ckpt}", "val_subset=unseen",
            f"num_workers={num_workers}", "num_overlays=0", f"run_dir={run_dir / 'unseen'}"]

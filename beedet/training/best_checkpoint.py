@@ -18,9 +18,8 @@ so ``best/mAP`` sits right above the ``val/mAP`` point it repeats:
 When the fit's last validation is the one that made the checkpoint best (the module's
 ``last_validation_step`` is the step the file was saved at: the same weights, the same images),
 that result is reported instead of validating again. On 2 CPU cores the recipe's validation of the
-173 honeybee val frames with test-time flips takes 75-95 s (more on a busy CPU), and a run stopped by
-``trainer.max_time`` validates its final weights (``beedet.training.time_limit``), which are often
-the best.
+173 honeybee val frames with test-time flips takes 75-95 s (more on a busy CPU), and every run
+validates its final weights (``beedet.training.final_validation``), which are often the best.
 """
 
 from __future__ import annotations

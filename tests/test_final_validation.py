@@ -1,4 +1,5 @@
-"""A run stopped by trainer.max_time validates its final weights (beedet.training.time_limit)."""
+"""A run validates its final weights whichever limit stops it: trainer.max_time, max_epochs or
+max_steps (beedet.training.final_validation)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from beedet.training.time_limit import ValidateAtTimeLimit
+from beedet.training.final_validation import ValidateFinalWeights
 from helpers import compose_config
 
 
@@ -53,7 +54,7 @@ def test_the_epoch_that_reaches_max_time_is_validated(tmp_path, batches_per_epoc
         plain, _ = _fit(tmp_path / "plain", [], batches_per_epoch)
         assert plain.validated_after == []
     # Epochs of 1 or 3 batches end inside the 2-batch margin: validated there, not again at the stop.
-    model, trainer = _fit(tmp_path / "timed", [ValidateAtTimeLimit()], batches_per_epoch)
+    model, trainer = _fit(tmp_path / "timed", [ValidateFinalWeights()], batches_per_epoch)
     assert trainer.global_step > 10  # it trained until the limit
     # Validated once, at (or within a batch or two of) the last step: the final weights.
     assert len(model.validated_after) == 1 and trainer.global_step - model.validated_after[-1] <= 2
@@ -69,7 +70,7 @@ def test_the_best_checkpoint_holds_the_validated_final_weights(tmp_path):
     model = SlowModel()
     best = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss", mode="min")
     trainer = pl.Trainer(max_time={"seconds": 0.8}, max_epochs=1000, check_val_every_n_epoch=100,
-                         callbacks=[ValidateAtTimeLimit(), best], num_sanity_val_steps=0, logger=False,
+                         callbacks=[ValidateFinalWeights(), best], num_sanity_val_steps=0, logger=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, data, data)
     (validated,) = model.validated_after
@@ -77,20 +78,42 @@ def test_the_best_checkpoint_holds_the_validated_final_weights(tmp_path):
     assert saved["global_step"] == validated
 
 
-def test_it_leaves_runs_without_a_time_limit_alone(tmp_path):
+def _fit_to(tmp_path, callbacks, **limits) -> tuple[SlowModel, pl.Trainer]:
+    """A fit of 4-batch epochs that validates every 2nd epoch, ended by ``limits`` (no time limit)."""
     data = DataLoader(TensorDataset(torch.ones(4, 1)), batch_size=1)
-    model, callback = SlowModel(), ValidateAtTimeLimit()
-    trainer = pl.Trainer(max_epochs=3, check_val_every_n_epoch=2, callbacks=[callback], num_sanity_val_steps=0,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
+    model = SlowModel()
+    trainer = pl.Trainer(check_val_every_n_epoch=2, callbacks=callbacks, num_sanity_val_steps=0, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path, **limits)
     trainer.fit(model, data, data)
-    assert model.validated_after == [8] and not callback.switched
+    return model, trainer
+
+
+@pytest.mark.parametrize(("limits", "plain", "with_it"), [
+    # The last epoch (the 3rd) is not one the interval validates: without the callback its 4 steps
+    # are never validated.
+    ({"max_epochs": 3}, [8], [8, 12]),
+    # The last epoch (the 4th) is validated anyway: nothing changes.
+    ({"max_epochs": 4}, [8, 16], [8, 16]),
+    # max_steps stops mid-epoch (step 10 of epoch 3), where Lightning validates nothing.
+    ({"max_epochs": 100, "max_steps": 10}, [8], [8, 10]),
+    # ... and at the end of a validation epoch, once.
+    ({"max_epochs": 100, "max_steps": 16}, [8, 16], [8, 16]),
+])
+def test_the_epoch_or_step_that_ends_the_run_is_validated_once(tmp_path, limits, plain, with_it):
+    without, _ = _fit_to(tmp_path / "plain", [], **limits)
+    assert without.validated_after == plain
+    callback = ValidateFinalWeights()
+    model, trainer = _fit_to(tmp_path / "final", [callback], **limits)
+    assert model.validated_after == with_it and trainer.global_step == with_it[-1]
+    assert trainer.check_val_every_n_epoch == 2 and not callback.switched  # put back after that validation
 
 
 def test_every_run_has_it_and_its_margin_is_checked():
-    assert compose_config([]).callbacks.validate_at_time_limit._target_ == "beedet.training.time_limit.ValidateAtTimeLimit"
+    target = "beedet.training.final_validation.ValidateFinalWeights"
+    assert compose_config([]).callbacks.validate_final_weights._target_ == target
     with pytest.raises(ValueError, match="margin_batches"):
-        ValidateAtTimeLimit(margin_batches=-1)
+        ValidateFinalWeights(margin_batches=-1)
 
 
 def test_weights_just_validated_are_not_validated_again():
@@ -104,8 +127,9 @@ def test_weights_just_validated_are_not_validated_again():
     timer = Timer(duration={"seconds": 100})
     timer._start_time[RunningStage.TRAINING] = time.monotonic() - 130  # 30 s past the limit
     trainer = SimpleNamespace(check_val_every_n_epoch=20, callbacks=[timer], global_step=1520, sanity_checking=False,
+                              max_steps=-1,
                               strategy=SimpleNamespace(broadcast=lambda decision: decision))
-    callback = ValidateAtTimeLimit()
+    callback = ValidateFinalWeights()
     callback.on_train_start(trainer, None)
     callback.on_validation_end(trainer, None)  # the scheduled validation, at step 1520
     trainer.global_step = 1521
