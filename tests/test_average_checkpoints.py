@@ -12,7 +12,7 @@ from torch import nn
 
 from beedet.assembly import build_network, build_system, load_system
 from beedet.average_checkpoints import average_checkpoints, average_state_dicts, main, recompute_batchnorm
-from beedet.checkpointing import load_checkpoint
+from beedet.checkpointing import load_checkpoint, load_initial_weights
 from helpers import TINY_SYNTHETIC, compose_config, overriding, save_checkpoint
 
 CLASSES = ["bee", "drone", "pollenbee", "queen"]
@@ -50,6 +50,8 @@ def test_the_average_is_the_mean_of_the_weights_and_loads_everywhere(tmp_path: P
     assert checkpoint["averaged_from"] == [str(p) for p in paths] and checkpoint["global_step"] == 30
     assert payload.class_names == CLASSES and payload.count_threshold == 0.4  # the same in every source
     system, _ = load_system(out)  # evaluate.py, predict, export and serving load it this way
+    start, _ = load_initial_weights(out, CLASSES)  # and a new run starts from it (init_checkpoint=)
+    assert start.keys() == checkpoint["state_dict"].keys()
     with torch.no_grad():
         detections = system.net([torch.rand(3, 128, 128)])
     assert set(detections[0]) == {"boxes", "scores", "labels"}
