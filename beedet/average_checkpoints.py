@@ -21,8 +21,11 @@ and shape must agree (the error names the file that differs). Other ``model`` se
 size, thresholds) may differ between fine-tunes: that is logged, and the result keeps the first's.
 The result carries the first checkpoint's config, class names and size bins, the largest epoch and
 step, and ``averaged_from`` (the sources). Its count threshold is kept only when every source has
-the same one; otherwise it is left unset, so ``evaluate.py`` chooses it on the data it evaluates and
-reports it (``count_threshold=`` applies one; predict and serving take ``score_threshold=``). The
+the same one (warm restarts rarely do); otherwise it is left unset, so ``evaluate.py`` chooses it
+on the data it evaluates and reports it. Evaluate on the validation split first and pass that
+threshold on (``count_threshold=`` for evaluate.py on other images, such as ``val_subset=unseen``;
+``score_threshold=`` for predict and serving): chosen on the images it is scored on, it flatters
+the count. The
 optimizer and loop state are not kept: the result evaluates, predicts, exports, serves and seeds
 new runs (``init_checkpoint=``); it does not resume.
 """
@@ -95,7 +98,9 @@ def recompute_batchnorm(net: nn.Module, batches: Any, num_batches: int, to_netwo
     arguments of one forward pass. Returns the number of batches used (fewer when ``batches`` runs out).
     A no-op returning 0 when ``net`` has no BatchNorm layer."""
     layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not layers or num_batches < 1:
+    if num_batches < 0:
+        raise ValueError(f"num_batches must be >= 0, got {num_batches}")
+    if not layers or num_batches == 0:
         return 0
     momenta = [layer.momentum for layer in layers]
     for layer in layers:
@@ -117,6 +122,10 @@ def recompute_batchnorm(net: nn.Module, batches: Any, num_batches: int, to_netwo
         net.train(was_training)
     if used == 0:
         raise ValueError("no batch to re-estimate BatchNorm statistics on (the training data is empty)")
+    unreached = [name for name, m in net.named_modules() if m in layers and int(m.num_batches_tracked) == 0]
+    if unreached:
+        # Reset above and never run: they hold the defaults (mean 0, variance 1), not statistics.
+        log.warning("BatchNorm layers the forward pass did not reach keep default statistics: %s", ", ".join(unreached))
     return used
 
 
@@ -151,7 +160,14 @@ def average_checkpoints(paths: Sequence[str | os.PathLike], destination: str | o
     network for one class list."""
     paths = [Path(p) for p in paths]
     sources = [str(p) for p in paths]
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}: {sources}")
+    if bn_batches < 0:
+        raise ValueError(f"bn_batches must be >= 0, got {bn_batches}")
     loaded = [load_checkpoint(p) for p in paths]  # tensors and plain data only, trusted targets only
+    for (checkpoint, _), source in zip(loaded, sources):
+        if not isinstance(checkpoint.get("state_dict"), dict):
+            raise ValueError(f"{source} holds no state_dict: not a checkpoint of trained weights")
     payloads = [payload for _, payload in loaded]
     _check_same_network(payloads, sources)
     state_dicts = [checkpoint["state_dict"] for checkpoint, _ in loaded]
@@ -190,7 +206,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-workers", type=int, default=None, help="data loader workers for --bn-batches")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    out = average_checkpoints(args.checkpoints, args.out, bn_batches=args.bn_batches, num_workers=args.num_workers)
+    try:
+        out = average_checkpoints(args.checkpoints, args.out, bn_batches=args.bn_batches, num_workers=args.num_workers)
+    except (ValueError, FileNotFoundError) as exc:  # which file, and why: no traceback
+        parser.exit(2, f"error: {exc}\n")
     print(f"wrote {out}: the mean of {len(args.checkpoints)} checkpoints; evaluate it: python evaluate.py ckpt={out}")
 
 

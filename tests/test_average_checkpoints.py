@@ -73,6 +73,10 @@ def test_checkpoints_of_another_network_or_other_classes_are_refused_naming_the_
         average_checkpoints([a, renamed], tmp_path / "soup.ckpt")
     with pytest.raises(ValueError, match="at least two"):
         average_state_dicts([{}], ["only.ckpt"])
+    with pytest.raises(ValueError, match=r"b\.ckpt does not hold the same tensors as a\.ckpt: missing \['v'\]"):
+        average_state_dicts([{"w": torch.zeros(2), "v": torch.zeros(1)}, {"w": torch.zeros(2)}], ["a.ckpt", "b.ckpt"])
+    with pytest.raises(ValueError, match=r"b\.ckpt: w is torch\.float16"):
+        average_state_dicts([{"w": torch.zeros(2)}, {"w": torch.zeros(2, dtype=torch.float16)}], ["a.ckpt", "b.ckpt"])
     assert not (tmp_path / "soup.ckpt").exists()
     # Another loss setting is the same network: averaged, with a warning naming the file and setting.
     reweighted = _checkpoint(tmp_path / "reweighted.ckpt", 4,
@@ -82,6 +86,32 @@ def test_checkpoints_of_another_network_or_other_classes_are_refused_naming_the_
     assert "reweighted.ckpt was trained with other model settings" in caplog.text
     assert "model.class_weight_power: 0.5 -> 0.25" in caplog.text
     assert load_checkpoint(out)[1].config["model"]["class_weight_power"] == 0.5  # the first's
+
+
+def test_the_command_line_names_what_is_wrong_without_a_traceback(tmp_path: Path, capsys):
+    a = _checkpoint(tmp_path / "a.ckpt", 1)
+    with pytest.raises(SystemExit) as exit_:
+        main([str(a), "--out", str(tmp_path / "soup.ckpt")])
+    assert exit_.value.code == 2 and "at least two checkpoints" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([str(a), str(tmp_path / "missing.ckpt"), "--out", str(tmp_path / "soup.ckpt")])
+    assert "missing.ckpt" in capsys.readouterr().err and not (tmp_path / "soup.ckpt").exists()
+
+
+def test_recompute_batchnorm_warns_about_layers_the_forward_pass_never_reaches(caplog):
+    net = nn.ModuleDict({"used": nn.BatchNorm1d(2), "unused": nn.BatchNorm1d(2)})
+    with caplog.at_level("WARNING", logger="beedet.average_checkpoints"):
+        recompute_batchnorm(_OnlyFirst(net), [(torch.randn(4, 2),)], num_batches=1, to_network_input=lambda b: b)
+    assert "did not reach keep default statistics: net.unused" in caplog.text and "net.used" not in caplog.text
+
+
+class _OnlyFirst(nn.Module):
+    def __init__(self, net: nn.ModuleDict) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net["used"](x)
 
 
 def test_recompute_batchnorm_takes_the_plain_mean_over_the_batches_and_restores_the_layer():

@@ -31,7 +31,8 @@ class ValidateFinalWeights(pl.Callback):
     * ``max_epochs``: the last one, known when it starts.
     * ``max_steps``: the epoch holding the last step. That step usually falls mid-epoch, where
       Lightning validates only a stop that was asked for, so the callback also asks for the stop
-      (``trainer.should_stop``, as ``EarlyStopping`` does) after it.
+      (``trainer.should_stop``, as ``EarlyStopping`` does) after it, whatever the interval (the
+      default validates every epoch, and still not a stop mid-epoch).
     * ``max_time``: the epoch in which less than ``margin_batches`` batches of training time are left
       before the limit (measured from the batches so far). Why a margin: the Timer and this callback
       read the clock at slightly different instants after the same batch; deciding a batch or two
@@ -45,7 +46,13 @@ class ValidateFinalWeights(pl.Callback):
     a row, up to 2.5 minutes each on 2 CPU cores, one step apart. For the same reason the configured
     ``check_val_every_n_epoch`` is put back after the first validation once switched: an epoch that
     ends inside the margin is validated there, and the stop a batch later is not validated again.
-    (It also keeps ``ModelCheckpoint``, which reads that setting, saving after validation.)"""
+    (It also keeps ``ModelCheckpoint``, which reads that setting, saving after validation; Lightning
+    runs checkpoint callbacks after all others, so the setting is back before they look.) With
+    ``val_check_interval`` below one epoch, the interval is put back after the switched epoch's
+    last validation, at its end or at the stop, not after the first one mid-epoch.
+
+    A run resumed mid-epoch (from a checkpoint saved every N steps) into its last epoch never
+    starts that epoch, so the ``max_epochs`` check is made when training starts too."""
 
     def __init__(self, margin_batches: float = 2.0) -> None:
         if margin_batches < 0:
@@ -61,33 +68,33 @@ class ValidateFinalWeights(pl.Callback):
         # This session's clock: a resumed run's Timer also counts the sessions before it.
         self._start = time.monotonic()
         self._batches = 0
+        self.switched = False
+        self._switch_if_last_epoch(trainer)  # a run resumed mid-epoch skips on_train_epoch_start
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # A forced validation that never ran (no val batches; min_epochs not met at max_steps)
+        # leaves the trainer as it was configured.
+        self._restore(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         self._validated_at_step = trainer.global_step
-        if self.switched:
-            trainer.check_val_every_n_epoch = self._configured
-            self.switched = False
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch or trainer.should_stop:
+            self._restore(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        every = trainer.check_val_every_n_epoch
-        if self.switched or every in (None, 1) or trainer.max_epochs is None or trainer.max_epochs < 0:
-            return
-        last = trainer.current_epoch + 1 >= trainer.max_epochs
-        if last and (trainer.current_epoch + 1) % every != 0:
-            self._switch(trainer)
+        self._switch_if_last_epoch(trainer)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         self._batches += 1
-        if self.switched or trainer.check_val_every_n_epoch in (None, 1):
-            if self.switched and self._at_max_steps(trainer):
-                trainer.should_stop = True  # a mid-epoch stop is validated only when asked for
-            return
         if self._at_max_steps(trainer):
-            self._switch(trainer)
-            trainer.should_stop = True
+            if not self.switched and trainer.check_val_every_n_epoch not in (None, 1):
+                self._switch(trainer)
+            trainer.should_stop = True  # a stop mid-epoch is validated only when asked for
+            return
+        if self.switched or trainer.check_val_every_n_epoch in (None, 1):
             return
         timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
         remaining = timer.time_remaining() if timer is not None else None
@@ -101,6 +108,14 @@ class ValidateFinalWeights(pl.Callback):
         if trainer.strategy.broadcast(switch):
             self._switch(trainer)
 
+    def _switch_if_last_epoch(self, trainer: pl.Trainer) -> None:
+        every = trainer.check_val_every_n_epoch
+        if self.switched or every in (None, 1) or trainer.max_epochs is None or trainer.max_epochs < 0:
+            return
+        epoch = trainer.current_epoch + 1  # counted from 1, as the interval counts
+        if epoch >= trainer.max_epochs and epoch % every != 0:
+            self._switch(trainer)
+
     @staticmethod
     def _at_max_steps(trainer: pl.Trainer) -> bool:
         return trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
@@ -109,3 +124,8 @@ class ValidateFinalWeights(pl.Callback):
         self._configured = trainer.check_val_every_n_epoch
         trainer.check_val_every_n_epoch = 1
         self.switched = True
+
+    def _restore(self, trainer: pl.Trainer) -> None:
+        if self.switched:
+            trainer.check_val_every_n_epoch = self._configured
+            self.switched = False
