@@ -25,9 +25,8 @@ the same one (warm restarts rarely do); otherwise it is left unset, so ``evaluat
 on the data it evaluates and reports it. Evaluate on the validation split first and pass that
 threshold on (``count_threshold=`` for evaluate.py on other images, such as ``val_subset=unseen``;
 ``score_threshold=`` for predict and serving): chosen on the images it is scored on, it flatters
-the count. The
-optimizer and loop state are not kept: the result evaluates, predicts, exports, serves and seeds
-new runs (``init_checkpoint=``); it does not resume.
+the count. The optimizer and loop state are not kept: the result evaluates, predicts, exports,
+serves and seeds new runs (``init_checkpoint=``); it does not resume.
 """
 
 from __future__ import annotations
